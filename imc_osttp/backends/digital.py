@@ -1,0 +1,55 @@
+"""Digital backend: weights are torch tensors and a torch optimizer applies the updates."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import RunConfig
+from ..optim import clip_, make_optimizer
+from .base import Accumulator
+
+
+class DigitalBackend:
+    """Floating-point weights; `apply` is one optimizer step."""
+
+    kind = "digital"
+
+    def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
+                 trainable: list[str]) -> None:
+        self.params = {name: torch.nn.Parameter(value.clone(), requires_grad=name in trainable)
+                       for name, value in params.items()}
+        self.trainable = list(trainable)
+        self.B = feedback
+        self.grad_clip = cfg.optim.grad_clip
+        self.optimizer, self.scheduler = make_optimizer([self.params[n] for n in self.trainable], cfg.optim)
+
+    def mvm(self, name: str, x: Tensor) -> Tensor:
+        return x @ self.params[name]
+
+    def mvm_t(self, name: str, d: Tensor) -> Tensor:
+        return d @ self.params[name].transpose(0, 1)
+
+    def feedback(self, target: Tensor) -> Tensor:
+        return target @ self.B
+
+    def read(self, name: str) -> Tensor:
+        return self.params[name]
+
+    def parameters(self) -> dict[str, Tensor]:
+        return dict(self.params)
+
+    def accumulator(self) -> Accumulator:
+        return Accumulator({n: self.params[n].shape for n in self.trainable}, self.params["W1"].detach())
+
+    def apply(self, grads: dict[str, Tensor]) -> None:
+        for name in self.trainable:
+            self.params[name].grad = grads[name].detach().to(self.params[name].dtype)
+        clip_([self.params[n].grad for n in self.trainable], self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def end_epoch(self) -> dict[str, float]:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"lr": self.optimizer.param_groups[0]["lr"]}

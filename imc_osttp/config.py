@@ -1,0 +1,231 @@
+"""Validated run configuration: YAML in, typed frozen data out.
+
+Every run is described by one `RunConfig`. Unknown keys and bad values raise
+`ConfigError` naming the dotted key (and the closest valid key for typos), so
+a misspelled option never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+RuleName = Literal["bptt", "ostl", "ostl_rnd", "drtp", "osttp"]
+RULES: tuple[str, ...] = ("bptt", "ostl", "ostl_rnd", "drtp", "osttp")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how much of it a run uses."""
+
+    task: Literal["jsb", "shd", "fsdd", "synthetic"] = "jsb"
+    path: str | None = None  # file (JSB json) or directory; else IMC_OSTTP_DATA, cache, download
+    max_sequences: int | None = Field(None, ge=1)  # per split, for quick runs and tests
+    # spike-data binning (SHD/FSDD)
+    n_steps: int = Field(100, ge=1)
+    max_time: float = Field(1.0, gt=0)
+    # synthetic data (benchmarks)
+    synthetic_length: int = Field(128, ge=2)
+    synthetic_sequences: int = Field(64, ge=1)
+
+
+class ModelConfig(_Strict):
+    """One SNU layer and its readout (SPEC §1)."""
+
+    hidden: int = Field(150, ge=1)
+    recurrent: bool = False
+    reset: Literal["full", "soft"] = "full"
+    decay: float = Field(0.6, ge=0.0, le=1.0)
+    surrogate: Literal["tanh", "fast_sigmoid"] = "tanh"
+    threshold_init: float = 0.5
+    train_threshold: bool = True
+    readout: Literal["sigmoid", "leaky"] = "sigmoid"
+    readout_bias: bool = True
+    tau: float = Field(0.99, ge=0.0, le=1.0)
+    init_gain: float = Field(1.0, gt=0)  # multiplies the uniform ±1/sqrt(fan_in) initialisation
+
+
+class RuleConfig(_Strict):
+    """The learning rule and how its update is formed (SPEC §2-3)."""
+
+    name: RuleName = "osttp"
+    traces: Literal["exact", "factorised"] = "exact"
+    update_timing: Literal["sequence", "step"] = "sequence"
+    feedback_scale: float = Field(1.0, gt=0)  # B ~ U(±scale/sqrt(k))
+
+    @model_validator(mode="after")
+    def _bptt_per_sequence(self) -> RuleConfig:
+        if self.name == "bptt" and self.update_timing == "step":
+            raise ValueError("rule.update_timing: 'step' needs an online rule; bptt updates per sequence")
+        return self
+
+
+class OptimConfig(_Strict):
+    """The torch optimizer every rule hands its update to."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(5e-4, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    decay_every: int | None = Field(None, ge=1)  # epochs between learning-rate decays
+    decay_factor: float = Field(0.6, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)
+
+
+class BackendConfig(_Strict):
+    """Where the weights live: torch tensors, or aihwkit analog tiles."""
+
+    kind: Literal["digital", "analog"] = "digital"
+    device_config: str = "pcm_4device"
+    feedback_config: str = "feedback_programmed"
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    experiment: str | None = None  # default: the run's name
+    uri: str | None = None  # default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    log_params_file: bool = True
+
+
+class RunConfig(_Strict):
+    """Everything one training run needs; the single source of truth for a run."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    rule: RuleConfig = RuleConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    backend: BackendConfig = BackendConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.data.task == "jsb" and self.model.readout != "sigmoid":
+            raise ValueError("model.readout: the JSB task needs the 'sigmoid' readout")
+        if self.data.task in ("shd", "fsdd") and self.model.readout != "leaky":
+            raise ValueError(f"model.readout: the {self.data.task} task needs the 'leaky' readout")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, for MLflow params and CSV columns."""
+        return flatten(self.model_dump())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c = value` in a nested dict, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: sections merge, values replace."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["optim.lr=1e-3", "rule.name=ostl"]` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. optim.lr=0.001")
+        key, raw = pair.split("=", 1)
+        set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section that `loc` points into."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        cls = field.annotation
+    return list(getattr(cls, "model_fields", {}))
+
+
+def build(model: type[BaseModel], data: dict[str, Any], source: str = "config") -> Any:
+    """Validate `data` as `model`, turning pydantic's report into one `ConfigError` line per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                lines.append(f"{key}: unknown key{hint}")
+            else:
+                lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                    extra: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run config from YAML, apply dict and `key=value` overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    if extra:
+        data = merge(data, extra)
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+    return build(RunConfig, data, source=str(path) if path else "config")
+
+
+def dump_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

@@ -1,0 +1,26 @@
+"""The one optimisation path every rule shares: a torch optimizer and step decay."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import OptimConfig
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """SGD or Adam over `params`, with optional ×decay_factor every decay_every epochs."""
+    if cfg.name == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    sched = None
+    if cfg.decay_every:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.decay_every, gamma=cfg.decay_factor)
+    return opt, sched
+
+
+def clip_(grads: list[torch.Tensor], max_norm: float | None) -> None:
+    """Clip the global norm of the update in place (a no-op when max_norm is None)."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(grads, max_norm)

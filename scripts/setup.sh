@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up imc-osttp on a fresh machine: a virtual environment at .venv with
+# torch==2.13.0 (CPU), aihwkit 1.2.0 compiled against it (cached as a wheel
+# outside the repository, so a second setup takes seconds) and this package
+# installed editable with its test and figure dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+WHEELS=${IMC_OSTTP_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imc-osttp/wheels}
+TORCH=torch==2.13.0
+AIHWKIT=aihwkit==1.2.0
+
+step() { printf '\n== %s\n' "$*"; }
+
+need_openblas() { ! dpkg -s libopenblas-dev >/dev/null 2>&1; }
+if command -v dpkg >/dev/null 2>&1 && need_openblas; then
+  step "installing libopenblas-dev (needed to compile aihwkit)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas-dev >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"   # aihwkit's CMake calls mypy's stubgen
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip
+
+step "installing $TORCH (CPU)"
+pip install -q "$TORCH"
+
+if ! "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base" >/dev/null 2>&1; then
+  mkdir -p "$WHEELS"
+  if ! ls "$WHEELS"/aihwkit-1.2.0-*.whl >/dev/null 2>&1; then
+    step "building aihwkit 1.2.0 against $TORCH (about 5 minutes on 2 cores; cached in $WHEELS)"
+    pip install -q scikit-build pybind11 ninja cmake mypy setuptools wheel
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+      pip wheel --no-build-isolation --no-deps "$AIHWKIT" -w "$WHEELS"
+  fi
+  step "installing aihwkit from $WHEELS"
+  # --no-deps: aihwkit declares torchvision, which does not import beside torch 2.13.
+  pip install -q --no-deps "$WHEELS"/aihwkit-1.2.0-*.whl
+fi
+
+step "installing imc-osttp (editable) and its dependencies"
+pip install -q -e ".[dev]"
+"$VENV/bin/python" -c "import aihwkit.simulator.rpu_base, imc_osttp; print('imc-osttp ready:', imc_osttp.__version__)"
