@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from .batching import Batch, Split, TaskData, batches
+from .spikes import load_spike_h5
 
-__all__ = ["Batch", "Split", "TaskData", "batches", "load_task"]
+__all__ = ["Batch", "Split", "TaskData", "batches", "load_spike_h5", "load_task"]
 
 
 def load_task(cfg: DataConfig) -> TaskData:

@@ -1,0 +1,74 @@
+"""Alignment diagnostic: every rule's update against the BPTT gradient on one batch.
+
+The cosine between a rule's update and the true gradient is the standard
+diagnostic of feedback-alignment methods (~1 for OSTL on one feed-forward
+layer, lower for OSTL-rnd, DRTP and OSTTP). `dump` writes everything a
+reader needs to check a rule against their own BPTT.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .builder import DTYPES, build_for_task
+from .config import RULES, RunConfig
+from .data import TaskData, batches
+from .data.batching import Batch
+from .network import SNUNet
+from .rules import compute_update
+
+
+def rule_updates(cfg: RunConfig, net: SNUNet, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
+    """dE/dθ estimates of every rule (summed over valid steps, mean over the batch), not applied."""
+    out = {}
+    for rule in RULES:
+        rule_cfg = cfg.rule.model_copy(update={"name": rule, "update_timing": "sequence"})
+        grads, _ = compute_update(rule_cfg, net, batch)
+        out[rule] = {name: g.detach() for name, g in grads.items()}
+    return out
+
+
+def compare(updates: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{rule: {param: {"cosine": c, "norm_ratio": |update| / |BPTT gradient|}}}."""
+    ref = updates["bptt"]
+    report: dict[str, dict[str, dict[str, float]]] = {}
+    for rule, grads in updates.items():
+        report[rule] = {}
+        for name, g in grads.items():
+            r = ref[name].flatten().double()
+            v = g.flatten().double()
+            denom = float(v.norm() * r.norm())
+            report[rule][name] = {"cosine": float(v @ r) / denom if denom > 0 else float("nan"),
+                                  "norm_ratio": float(v.norm() / r.norm()) if r.norm() > 0 else float("nan")}
+    return report
+
+
+def dump(directory: Path, cfg: RunConfig, net: SNUNet, batch: Batch,
+         updates: dict[str, dict[str, torch.Tensor]]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / "params.npz",
+             **{k: v.detach().cpu().numpy() for k, v in net.backend.parameters().items()})
+    np.savez(directory / "batch.npz", x=batch.x.cpu().numpy(), y=batch.y.cpu().numpy(),
+             lengths=batch.lengths.cpu().numpy())
+    meta = {"reset": cfg.model.reset, "decay": cfg.model.decay, "surrogate": cfg.model.surrogate,
+            "readout": cfg.model.readout, "tau": cfg.model.tau, "traces": cfg.rule.traces,
+            "recurrent": cfg.model.recurrent, "train_threshold": cfg.model.train_threshold,
+            "loss": "sum over valid steps of BCE summed over outputs (sigmoid) or CE (leaky), mean over batch"}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    for rule, grads in updates.items():
+        np.savez(directory / f"updates_{rule}.npz", **{k: v.cpu().numpy() for k, v in grads.items()})
+
+
+def align(cfg: RunConfig, data: TaskData, dump_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Run the diagnostic on the first batch of the training split."""
+    torch.manual_seed(cfg.seed)
+    net = build_for_task(cfg, data)
+    batch = next(batches(data.train, cfg.train.batch_size)).to(DTYPES[cfg.train.dtype], cfg.train.device)
+    updates = rule_updates(cfg, net, batch)
+    if dump_dir is not None:
+        dump(dump_dir, cfg, net, batch, updates)
+    return compare(updates)

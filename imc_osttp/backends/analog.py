@@ -1,0 +1,323 @@
+"""Analog backend: W1, H1, W2 on trainable aihwkit tiles, B on a programmed tile (SPEC §5).
+
+Matrix products run through the tiles (with their IO non-idealities); updates
+reach the devices only as pulses and every trainable tile counts them.
+Thresholds and biases stay digital torch parameters, as on the hardware.
+Rank-1 updates (factorised traces, the readout) are kept as factor pairs
+and sent as one batched `tile.update`, the crossbar's parallel update; a
+dense update matrix goes through the pulse writer of the device config.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import device_configs
+from ..builder import generator
+from ..config import OptimConfig, RunConfig
+from ..device_configs import DeviceSpec
+from ..errors import ConfigError
+from ..optim import make_optimizer
+from .base import Accumulator
+
+try:
+    from aihwkit.simulator.configs.compounds import DigitalRankUpdateCell
+    from aihwkit.simulator.parameters import PulseType
+    from aihwkit.simulator.tiles.inference import InferenceTileWithPeriphery
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("the analog backend needs aihwkit 1.2.0: run scripts/setup.sh") from exc
+
+from . import pulses
+
+MATRICES = ("W1", "H1", "W2")
+SEED_ROUNDING = 4  # random stream of the exact writer's rounding (builder uses 1-3)
+
+
+@dataclass
+class Factored:
+    """A gradient estimate dense + Σ_b left_bᵀ right_b, kept as rank-1 terms for the crossbar."""
+
+    left: Tensor  # [N, m]
+    right: Tensor  # [N, n]
+    dense: Tensor | None = None  # [m, n]
+
+    def to_dense(self) -> Tensor:
+        outer = self.left.transpose(0, 1) @ self.right
+        return outer if self.dense is None else outer + self.dense
+
+
+class AnalogAccumulator(Accumulator):
+    """Keeps rank-1 terms of the named parameters as factors; everything else sums densely."""
+
+    def __init__(self, shapes: dict[str, torch.Size], like: Tensor, factored: set[str]) -> None:
+        super().__init__(shapes, like)
+        self.factors: dict[str, tuple[list[Tensor], list[Tensor]]] = {n: ([], []) for n in factored}
+        self.dense_used: set[str] = set()
+
+    def add(self, name: str, value: Tensor) -> None:
+        self.dense_used.add(name)
+        super().add(name, value)
+
+    def add_eligibility(self, name: str, trace: Tensor, signal: Tensor) -> None:
+        self.dense_used.add(name)
+        super().add_eligibility(name, trace, signal)
+
+    def add_outer(self, name: str, left: Tensor, right: Tensor) -> None:
+        if name not in self.factors:
+            self.dense_used.add(name)
+            super().add_outer(name, left, right)
+            return
+        lefts, rights = self.factors[name]
+        lefts.append(left.detach().clone())
+        rights.append(right.detach().clone())
+
+    def take(self, scale: float) -> dict[str, Tensor | Factored]:
+        out: dict[str, Tensor | Factored] = dict(super().take(scale))
+        for name, (lefts, rights) in self.factors.items():
+            if lefts:
+                dense_part = out[name] if name in self.dense_used else None
+                out[name] = Factored(torch.cat(lefts), torch.cat(rights) * scale, dense_part)
+            lefts.clear()
+            rights.clear()
+        self.dense_used.clear()
+        return out
+
+
+def dense(grad: Tensor | Factored) -> Tensor:
+    """The full update matrix of a gradient estimate, however it is stored."""
+    return grad.to_dense() if isinstance(grad, Factored) else grad
+
+
+class PulsedTile:
+    """One trainable matrix (row convention [in, out]) on an aihwkit tile holding its transpose."""
+
+    def __init__(self, weight: Tensor, spec: DeviceSpec, rounding: torch.Generator) -> None:
+        rpu = copy.deepcopy(spec.rpu_config)
+        if isinstance(rpu.device, DigitalRankUpdateCell):
+            raise ConfigError(f"{type(rpu.device).__name__}: its transfer pulses are not observable on CPU; "
+                              "use writer.policy 'exact' with rounding 'carry' for mixed precision")
+        self.writer = spec.writer
+        if self.writer.policy == "exact":
+            rpu.update = copy.deepcopy(pulses.SINGLE_PULSE)
+        in_size, out_size = weight.shape
+        self.tile = rpu.tile_class(out_size, in_size, rpu)
+        self.tile.set_weights(weight.detach().transpose(0, 1).float().contiguous())
+        if spec.baseline is not None:
+            set_baseline(self.tile, rpu.device, spec.baseline)
+        self.eps = pulses.granularity(self.tile, rpu.device)
+        fp = self.eps is None or rpu.update.pulse_type in (PulseType.NONE, PulseType.NONE_WITH_DEVICE)
+        if not fp and rpu.update.pulse_type not in pulses.STOCHASTIC:
+            raise ConfigError(f"update.pulse_type {rpu.update.pulse_type.name}: pulses can be counted for "
+                              "STOCHASTIC(_COMPRESSED) updates; for exact counts use writer.policy 'exact'")
+        if fp and self.writer.policy == "exact":
+            raise ConfigError(f"writer.policy 'exact': {type(rpu.device).__name__} takes no pulses")
+        self.step = self.writer.step or self.eps
+        self.counter = None if fp else pulses.PulseCounter(out_size, in_size, pulses.has_pairs(rpu.device),
+                                                           pulses.devices_per_pulse(rpu.device))
+        self.residual = torch.zeros(out_size, in_size)  # carried remainder of the exact writer, in pulses
+        self.rounding = rounding
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.tile.forward(x.float()).to(x.dtype)
+
+    def backward(self, d: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.tile.backward(d.float()).to(d.dtype)
+
+    def weight(self) -> Tensor:
+        """The logical weights in row convention (an exact copy, not a realistic read)."""
+        return self.tile.get_weights()[0].transpose(0, 1)
+
+    def write(self, grad: Tensor | Factored, lr: float) -> None:
+        """ΔW = -lr·grad, as pulses."""
+        if self.writer.policy == "exact":
+            self._write_exact(dense(grad), lr)
+            return
+        if isinstance(grad, Factored):
+            self._write_stochastic(grad.left, grad.right, lr)
+            if grad.dense is not None:
+                self._write_stochastic_dense(grad.dense, lr)
+        else:
+            self._write_stochastic_dense(grad, lr)
+
+    def _scale(self) -> Tensor:
+        """Digital output scale α (per output or global): W = α·G, so pulses see d/α."""
+        alpha = self.tile.get_mapping_scales()
+        scale = torch.ones(1) if alpha is None else alpha.detach().float()
+        return scale * float(getattr(self.tile, "mapping_lr_scale", 1.0))
+
+    def _write_stochastic_dense(self, grad: Tensor, lr: float) -> None:
+        """One one-hot sample per input row that changes: row j of W moves by -lr·grad[j]."""
+        rows = torch.nonzero(grad.abs().sum(1)).flatten()
+        if len(rows):
+            eye = torch.eye(grad.shape[0], dtype=grad.dtype)
+            self._write_stochastic(eye[rows], grad[rows], lr)
+
+    def _write_stochastic(self, left: Tensor, right: Tensor, lr: float) -> None:
+        """tile.update(x, d) does W_t -= lr_t Σ d xᵀ; lr_t rescales aihwkit's ε to the calibrated step."""
+        x, d = left.float(), right.float()
+        tile_lr = lr * self.eps / self.step if self.counter is not None else lr
+        self.tile.set_learning_rate(tile_lr)
+        self.tile.update(x, d)
+        if self.counter is not None:
+            up = self.tile.rpu_config.update
+            self.counter.add_trains(*pulses.pulse_trains(x, d / self._scale(), tile_lr, self.eps, up))
+
+    def _write_exact(self, grad: Tensor, lr: float) -> None:
+        """Round -lr·gradᵀ/(α·step) to pulse counts digitally and fire each pulse on its own."""
+        target = (-lr * grad.transpose(0, 1).float()) / (self._scale().view(-1, 1) * self.step)
+        if self.writer.rounding == "carry":
+            target = target + self.residual
+            n = torch.trunc(target)
+        else:
+            n = torch.floor(target + torch.rand(target.shape, generator=self.rounding))
+        n = n.clamp(-self.writer.max_pulses, self.writer.max_pulses)
+        if self.writer.rounding == "carry":
+            self.residual = target - n
+        self._fire(n)
+
+    def _fire(self, n: Tensor) -> None:
+        """Exactly n[i, j] pulses on device (i, j) (n > 0 raises W): one single-pulse round per count."""
+        cols = torch.nonzero(n.abs().sum(0)).flatten()
+        if not len(cols):
+            return
+        self.tile.set_learning_rate(pulses.SINGLE_PULSE_LR * self.eps)
+        x = torch.eye(n.shape[1])[cols]
+        sign, size = n.sign().transpose(0, 1)[cols], n.abs().transpose(0, 1)[cols]
+        for k in range(1, int(size.max()) + 1):
+            # d = -1 raises W; pre-multiplied by α, which tile.update divides out again
+            self.tile.update(x, -(sign * (size >= k)) * self._scale())
+        self.counter.add_counts(n.double())
+
+
+def set_baseline(tile, device, g0: float) -> None:
+    """Raise both devices of every pair by g0 (W unchanged): pulses start on the flatter part of the curve."""
+    if not pulses.has_pairs(device):
+        raise ConfigError(f"baseline: {type(device).__name__} has no differential pairs")
+    hidden = tile.get_hidden_parameters()
+    names = [k for k in hidden if k.startswith("hidden_weights_") and k[15:].replace("_", "").isdigit()]
+    depth = max(k.count("_") for k in names)
+    for name in (k for k in names if k.count("_") == depth):
+        bound = hidden[name.replace("hidden_weights", "max_bound")]
+        hidden[name] = torch.minimum(hidden[name] + g0, bound)
+    tile.set_hidden_parameters(hidden)
+
+
+class ProgrammedTile:
+    """The fixed feedback matrix: written once with programming noise (and drift), then only read."""
+
+    def __init__(self, weight: Tensor, spec: DeviceSpec) -> None:
+        rpu = copy.deepcopy(spec.rpu_config)
+        in_size, out_size = weight.shape
+        self.tile = rpu.tile_class(out_size, in_size, rpu)
+        self.tile.set_weights(weight.detach().transpose(0, 1).float().contiguous())
+        if isinstance(self.tile, InferenceTileWithPeriphery):
+            self.tile.program_weights()
+        if spec.program.drift_time > 0:
+            self.tile.drift_weights(spec.program.drift_time)
+        self.tile.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.tile.forward(x.float()).to(x.dtype)
+
+    def weight(self) -> Tensor:
+        return self.tile.get_weights()[0].transpose(0, 1)
+
+
+def check_optimizer(cfg: OptimConfig) -> None:
+    """Pulses implement plain SGD: ΔW = -lr·grad, nothing stateful per weight."""
+    if cfg.name != "sgd" or cfg.momentum:
+        raise ConfigError(f"optim: analog tiles are updated by plain SGD pulses; got {cfg.name} with "
+                          f"momentum {cfg.momentum} (use optim.name=sgd, optim.momentum=0)")
+
+
+def clip_coefficient(grads: list[Tensor], max_norm: float | None) -> float:
+    """torch's clip_grad_norm_ factor for the global norm of `grads`."""
+    if max_norm is None:
+        return 1.0
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    return min(1.0, max_norm / (norm + 1e-6))
+
+
+class AnalogBackend:
+    """W1, H1, W2 on pulsed tiles, B on a programmed tile, b1 and c2 digital."""
+
+    kind = "analog"
+
+    def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
+                 trainable: list[str]) -> None:
+        check_optimizer(cfg.optim)
+        spec = device_configs.load_spec(cfg.backend.device_config)
+        rounding = generator(cfg.seed, SEED_ROUNDING)
+        self.dtype = params["W1"].dtype
+        self.tiles = {n: PulsedTile(params[n], spec, rounding) for n in MATRICES if n in params}
+        self.digital = {n: torch.nn.Parameter(v.clone(), requires_grad=n in trainable)
+                        for n, v in params.items() if n not in self.tiles}
+        self.trainable = list(trainable)
+        self.B = ProgrammedTile(feedback, device_configs.load_spec(cfg.backend.feedback_config))
+        self.grad_clip = cfg.optim.grad_clip
+        # the optimizer steps the digital parameters and carries the learning-rate schedule for the tiles
+        steppable = [self.digital[n] for n in self.trainable if n in self.digital]
+        self.optimizer, self.scheduler = make_optimizer(steppable or [torch.nn.Parameter(torch.zeros(0))],
+                                                        cfg.optim)
+        self._views: dict[str, Tensor] = {}
+
+    def mvm(self, name: str, x: Tensor) -> Tensor:
+        out = self.tiles[name].forward(x)
+        if torch.is_grad_enabled():
+            # BPTT: the value comes from the tile, the gradient from the weights it holds
+            linear = x @ self.parameters()[name]
+            out = out + (linear - linear.detach())
+        return out
+
+    def mvm_t(self, name: str, d: Tensor) -> Tensor:
+        return self.tiles[name].backward(d)
+
+    def feedback(self, target: Tensor) -> Tensor:
+        return self.B.forward(target)
+
+    def read(self, name: str) -> Tensor:
+        return self.digital[name] if name in self.digital else self.parameters()[name].detach()
+
+    def parameters(self) -> dict[str, Tensor]:
+        """Tile weights (cached until the next update) and the digital parameters."""
+        if not self._views:
+            self._views = {n: t.weight().to(self.dtype).requires_grad_(n in self.trainable)
+                           for n, t in self.tiles.items()}
+        return {**self._views, **self.digital}
+
+    def accumulator(self) -> Accumulator:
+        factored = {n for n in self.trainable if n in self.tiles and self.tiles[n].writer.policy == "stochastic"}
+        shapes = {n: self.parameters()[n].shape for n in self.trainable}
+        return AnalogAccumulator(shapes, torch.empty(0, dtype=self.dtype), factored)
+
+    def apply(self, grads: dict[str, Tensor | Factored]) -> None:
+        names = [n for n in self.trainable if n in grads]
+        coef = clip_coefficient([dense(grads[n]) for n in names], self.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"] * coef
+        steppable = [n for n in names if n in self.digital]
+        for name in steppable:
+            self.digital[name].grad = grads[name].detach().to(self.dtype) * coef
+        if steppable:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        for name in names:
+            if name in self.tiles:
+                self.tiles[name].write(grads[name], lr)
+        self._views = {}
+
+    def end_epoch(self) -> dict[str, float]:
+        if self.scheduler is not None:
+            self.scheduler.step()
+        metrics = {"lr": self.optimizer.param_groups[0]["lr"]}
+        for name in self.trainable:
+            tile = self.tiles.get(name)
+            if tile is not None and tile.counter is not None:
+                metrics.update(tile.counter.metrics(f"pulses/{name}"))
+        return metrics

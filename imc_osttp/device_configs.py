@@ -1,0 +1,245 @@
+"""Named analog device configurations: aihwkit rpu_configs as YAML, plus how the backend uses them.
+
+A configuration file describes one aihwkit rpu_config generically: the class
+name and every (nested) field that differs from that class's defaults, enums
+by name, sub-device lists item by item. Nothing is hand-coded per class, so
+any aihwkit configuration can be saved, diffed and reviewed as text, and a
+misspelled field is an error that names the closest valid field instead of
+an aihwkit default silently taking its place.
+
+Besides `rpu_config`, a file may hold settings that are not rpu_config
+fields (a baseline conductance, the pulse writer, when a fixed tile is
+read); `load_spec` returns them with the config in a typed `DeviceSpec`.
+Named files live in the repository's `device_configs/` folder and in the
+folders listed in IMC_OSTTP_DEVICE_CONFIGS (searched first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import importlib
+import inspect
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import build, read_yaml
+from .errors import ConfigError
+
+ENV_FOLDERS = "IMC_OSTTP_DEVICE_CONFIGS"
+SHIPPED = Path(__file__).resolve().parents[1] / "device_configs"
+# where class names in the files are looked up
+MODULES = ("aihwkit.simulator.configs", "aihwkit.simulator.parameters", "aihwkit.simulator.presets",
+           "aihwkit.simulator.tiles", "aihwkit.simulator.tiles.array", "aihwkit.inference")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class WriterSpec(_Strict):
+    """How a dense update matrix becomes pulses (rank-1 updates use the tile's own pulse update)."""
+
+    # stochastic: the tile's pulse update, one one-hot row per input; exact: digital rounding to
+    # pulse counts, each fired one by one (counts are exact)
+    policy: Literal["stochastic", "exact"] = "stochastic"
+    # exact writer: unbiased random rounding, or carry the remainder digitally (mixed precision)
+    rounding: Literal["stochastic", "carry"] = "stochastic"
+    # weight change assumed per pulse in conductance units; default: aihwkit's weight granularity
+    step: float | None = Field(None, gt=0)
+    max_pulses: int = Field(31, ge=1)  # exact writer: most pulses per device and update
+
+
+class ProgramSpec(_Strict):
+    """When a programmed (never updated) tile is read, for drift."""
+
+    drift_time: float = Field(0.0, ge=0)  # seconds between programming and use; 0: no drift
+
+
+class DeviceSpec(_Strict):
+    """A named device configuration: the rpu_config and what the backend does around it."""
+
+    description: str = ""
+    rpu_config: Any
+    # conductance both devices of every differential pair start from (set after set_weights)
+    baseline: float | None = Field(None, ge=0)
+    writer: WriterSpec = WriterSpec()
+    program: ProgramSpec = ProgramSpec()
+
+
+def available() -> list[str]:
+    """Names of the configurations found in the shipped and the user's folders."""
+    return sorted({p.stem for folder in _folders() for p in folder.glob("*.yaml")})
+
+
+def load(name_or_path: str | Path) -> Any:
+    """The aihwkit rpu_config of a named configuration or YAML file."""
+    return load_spec(name_or_path).rpu_config
+
+
+def load_spec(name_or_path: str | Path) -> DeviceSpec:
+    """The rpu_config with the backend settings stored beside it."""
+    path = _resolve(name_or_path)
+    data = read_yaml(path)
+    if "rpu_config" not in data:
+        raise ConfigError(f"{path}: no 'rpu_config' section")
+    raw = data.pop("rpu_config")
+    spec = build(DeviceSpec, {**data, "rpu_config": None}, source=str(path))
+    try:
+        rpu_config = from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return spec.model_copy(update={"rpu_config": rpu_config})
+
+
+def save(config: Any, path: str | Path) -> None:
+    """Write an rpu_config (or a whole DeviceSpec) as YAML that `load` reads back equal."""
+    spec = config if isinstance(config, DeviceSpec) else DeviceSpec(rpu_config=config)
+    data = spec.model_dump(exclude={"rpu_config"}, exclude_defaults=True)
+    data["rpu_config"] = to_dict(spec.rpu_config)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """`{"class": name, field: value, ...}` with only the fields that differ from the class defaults."""
+    return {"class": _class_name(type(obj)), **_fields_dict(obj)}
+
+
+def from_dict(data: Any, default: Any = None) -> Any:
+    """Inverse of `to_dict`; without a "class" key the class of `default` is used."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping with a 'class' key, got {data!r}")
+    data = dict(data)
+    name = data.pop("class", None)
+    if name is None and default is None:
+        raise ConfigError(f"missing 'class' in {data!r}")
+    cls = _lookup(name) if name is not None else type(default)
+    reference = cls()
+    valid = _field_names(reference)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{cls.__name__}.{key}: unknown field{hint}")
+        try:
+            kwargs[key] = _decode(value, getattr(reference, key))
+        except ConfigError as exc:
+            raise ConfigError(f"{cls.__name__}.{key}: {exc}") from None
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------ internals
+
+
+def _folders() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get(ENV_FOLDERS, "").split(os.pathsep) if p]
+    return [p for p in [*extra, SHIPPED] if p.is_dir()]
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such device config file")
+        return path
+    for folder in _folders():
+        candidate = folder / f"{path.name}.yaml"
+        if candidate.is_file():
+            return candidate
+    close = difflib.get_close_matches(str(name_or_path), available(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; available: {', '.join(available())}"
+    raise ConfigError(f"device config '{name_or_path}': not found{hint}")
+
+
+@cache
+def _registry() -> dict[str, type]:
+    """Class name -> class over aihwkit's public configuration namespaces."""
+    names: dict[str, type] = {}
+    for module_name in MODULES:
+        module = importlib.import_module(module_name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and not name.startswith("_"):
+                names.setdefault(name, obj)
+    return names
+
+
+def _lookup(name: str) -> type:
+    cls = _registry().get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, list(_registry()), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown aihwkit class '{name}'{hint}")
+    return cls
+
+
+def _class_name(cls: type) -> str:
+    if _registry().get(cls.__name__) is not cls:
+        raise ValueError(f"{cls.__module__}.{cls.__name__} is not reachable by name from {MODULES}")
+    return cls.__name__
+
+
+def _field_names(obj: Any) -> list[str]:
+    """Dataclass fields, or for plain objects the constructor arguments kept as attributes."""
+    if dataclasses.is_dataclass(obj):
+        return [f.name for f in dataclasses.fields(obj)]
+    params = inspect.signature(type(obj).__init__).parameters
+    return [p for p in params if p != "self" and hasattr(obj, p)]
+
+
+def _fields_dict(obj: Any) -> dict[str, Any]:
+    reference = type(obj)()
+    out = {}
+    for name in _field_names(obj):
+        value, default = getattr(obj, name), getattr(reference, name, None)
+        if not _same(value, default):
+            out[name] = _encode(value, default)
+    return out
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, type) or isinstance(default, type):
+        return value is default
+    return _encode(value, default) == _encode(default, default)
+
+
+def _is_object(value: Any) -> bool:
+    """A nested configuration object (dataclass or aihwkit helper class), not a plain value."""
+    return dataclasses.is_dataclass(value) or (
+        type(value).__module__.startswith("aihwkit.") and not isinstance(value, (enum.Enum, type)))
+
+
+def _encode(value: Any, default: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, type):
+        return _class_name(value)
+    if isinstance(value, (list, tuple)):
+        return [to_dict(v) if _is_object(v) else _encode(v, None) for v in value]
+    if _is_object(value):
+        body = _fields_dict(value)
+        return body if type(value) is type(default) else {"class": _class_name(type(value)), **body}
+    return value
+
+
+def _decode(value: Any, default: Any) -> Any:
+    if isinstance(default, enum.Enum) and isinstance(value, str):
+        members = list(type(default).__members__)
+        if value not in members:
+            close = difflib.get_close_matches(value, members, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; one of {members}"
+            raise ConfigError(f"'{value}' is not a {type(default).__name__}{hint}")
+        return type(default)[value]
+    if isinstance(default, type) and isinstance(value, str):
+        return _lookup(value)
+    if isinstance(value, list):
+        return [from_dict(v) if isinstance(v, dict) else v for v in value]
+    if isinstance(value, dict):
+        return from_dict(value, default if _is_object(default) else None)
+    return value

@@ -1,0 +1,38 @@
+"""Figures: learning curves per variant (mean ± std over seeds) with the reference lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def learning_curves(history: pd.DataFrame, metric: str, path: Path, title: str,
+                    references: dict[str, float] | None = None, ylabel: str | None = None) -> Path:
+    """One line per variant: mean over seeds of `metric` per epoch, with a ±std band."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, frame in history.groupby("variant", sort=False):
+        stats = frame.groupby("epoch")[metric].agg(["mean", "std", "count"])
+        std = stats["std"].fillna(0.0)
+        line, = ax.plot(stats.index, stats["mean"], label=f"{variant} (n={int(stats['count'].max())})")
+        ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, alpha=0.2, color=line.get_color())
+    styles = iter(["--", ":", "-.", (0, (5, 1))])
+    for name, value in (references or {}).items():
+        ax.axhline(value, color="grey", linestyle=next(styles), linewidth=1, label=f"{name} ({value:.2f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or metric)
+    ax.set_title(title)
+    if metric.endswith("nll") and len(history):
+        lo = history[metric].min()
+        ax.set_ylim(lo - 0.3, max(lo + 4.0, min((references or {}).get("no_context", lo + 4) + 1.0, 20)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,177 @@
+"""MLflow tracking: one run per training, epochs as steps, config/metrics/parameters as artifacts.
+
+The store is local by default (`sqlite:///mlflow.db` in the working
+directory) unless `MLFLOW_TRACKING_URI` or the config names another. Runs of
+one study share an experiment, so the MLflow UI overlays their curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig, dump_yaml
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+MAX_PARAMS_PER_CALL = 100
+PACKAGES = ("imc-osttp", "torch", "aihwkit", "numpy", "mlflow")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[f"version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[f"version.{name}"] = "absent"
+    return out
+
+
+def run_tags(cfg: RunConfig) -> dict[str, str]:
+    tags = {"task": cfg.data.task, "rule": cfg.rule.name, "backend": cfg.backend.kind,
+            "seed": str(cfg.seed), "git_commit": git_commit(), **package_versions()}
+    if cfg.backend.kind == "analog":
+        tags["device_config"] = cfg.backend.device_config
+    return tags
+
+
+def client(uri: str | None = None):
+    import mlflow  # heavy: imported only when tracking is on
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri(uri))
+
+
+def prepare_store(uri: str | None, experiment: str) -> str:
+    """Create the store's tables and the experiment in this process, before parallel workers start."""
+    return experiment_id(client(uri), experiment)
+
+
+def experiment_id(mlf, name: str) -> str:
+    found = mlf.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlf.create_experiment(name)
+    except Exception:  # another process created it first
+        found = mlf.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+class RunLogger:
+    """Logs one training run; use `start_run` to get one."""
+
+    def __init__(self, mlf, run_id: str, cfg: RunConfig, workdir: Path) -> None:
+        self.mlf, self.run_id, self.cfg, self.workdir = mlf, run_id, cfg, workdir
+        self.rows: list[dict[str, float]] = []
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+            self.mlf.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_CALL])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
+        self.mlf.log_batch(self.run_id, metrics=items)
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log an epoch's metrics at once, so an interrupted run keeps its history."""
+        self.log_metrics(metrics, step=epoch)
+        self.rows.append({"epoch": epoch, **metrics})
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.mlf.log_artifact(self.run_id, str(path), folder)
+
+    def finish(self, params: dict[str, np.ndarray] | None, summary: dict[str, float]) -> None:
+        """Artifacts (metrics CSV, final parameters) and summary metrics of the finished run."""
+        if self.rows:
+            path = self.workdir / "metrics.csv"
+            fields = sorted({k for row in self.rows for k in row}, key=lambda k: (k != "epoch", k))
+            with path.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            self.log_artifact(path)
+        if params:
+            path = self.workdir / "final_parameters.npz"
+            np.savez_compressed(path, **params)
+            self.log_artifact(path)
+        if summary:
+            self.log_metrics({f"best/{k}": v for k, v in summary.items()}, step=0)
+
+
+@contextmanager
+def start_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str | None = None,
+              extra_tags: dict[str, str] | None = None) -> Iterator[RunLogger]:
+    """An MLflow run for `cfg`: FINISHED on success, KILLED on Ctrl-C, FAILED (with the error) otherwise."""
+    mlf = client(cfg.tracking.uri)
+    exp = experiment_id(mlf, experiment or cfg.tracking.experiment or cfg.name)
+    tags = {**run_tags(cfg), **(extra_tags or {})}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = mlf.create_run(exp, tags=tags, run_name=cfg.name)
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        logger = RunLogger(mlf, run_id, cfg, Path(tmp))
+        try:
+            logger.log_params(cfg.flat())
+            path = Path(tmp) / "config.yaml"
+            path.write_text(dump_yaml(cfg))
+            logger.log_artifact(path)
+            yield logger
+        except KeyboardInterrupt:
+            mlf.set_terminated(run_id, "KILLED")
+            raise
+        except BaseException as exc:
+            mlf.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            mlf.set_terminated(run_id, "FAILED")
+            raise
+        else:
+            mlf.set_terminated(run_id, "FINISHED")
+
+
+def log_study_summary(cfg: RunConfig, experiment: str, artifacts: list[Path], table: Any, metric: str) -> str:
+    """A summary run in the study's experiment holding its table, history and figure."""
+    mlf = client(cfg.tracking.uri)
+    exp = experiment_id(mlf, experiment)
+    run = mlf.create_run(exp, tags={"kind": "study_summary", "git_commit": git_commit()},
+                         run_name=f"{experiment} (summary)")
+    for path in artifacts:
+        if path.exists():
+            mlf.log_artifact(run.info.run_id, str(path))
+    for variant, row in table.iterrows():
+        mlf.log_metric(run.info.run_id, f"{variant}/{metric}_mean", float(row[f"{metric}_mean"]))
+    mlf.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

@@ -1,0 +1,105 @@
+"""The command line end to end: training into a temporary MLflow store, studies, alignment."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from imc_osttp.cli import main
+
+
+def tiny_config(tmp_path, jsb_path, **extra) -> str:
+    cfg = {"name": "tiny", "data": {"task": "jsb", "path": str(jsb_path), "max_sequences": 6},
+           "model": {"hidden": 16}, "train": {"epochs": 2, "batch_size": 3}}
+    cfg.update(extra)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_train_logs_run_with_metrics(tmp_path, jsb_path, mlflow_uri, capsys):
+    assert main(["train", tiny_config(tmp_path, jsb_path), "--set", "rule.name=ostl"]) == 0
+    assert "MLflow run" in capsys.readouterr().out
+    client = mlflow.MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["rule.name"] == "ostl" and run.data.tags["rule"] == "ostl"
+    assert run.data.tags["backend"] == "digital" and "git_commit" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "test_nll")
+    assert [m.step for m in history] == [1, 2] and all(np.isfinite(m.value) for m in history)
+    for key in ("valid_nll", "train_nll", "epoch_time", "spike_rate"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.csv", "final_parameters.npz"} <= artifacts
+
+
+def test_same_seed_same_numbers(tmp_path, jsb_path, capsys):
+    from imc_osttp.config import load_run_config
+    from imc_osttp.data import load_task
+    from imc_osttp.train import train
+
+    cfg = load_run_config(tiny_config(tmp_path, jsb_path), ["tracking.enabled=false"])
+    data = load_task(cfg.data)
+    runs = [train(cfg, data, progress=False).history for _ in range(2)]
+    strip = [[{k: v for k, v in h.items() if k != "epoch_time"} for h in r] for r in runs]
+    assert strip[0] == strip[1]
+    other = train(cfg.model_copy(update={"seed": 1}), data, progress=False).history
+    assert other[-1]["test_nll"] != runs[0][-1]["test_nll"]
+
+
+def test_bad_config_is_one_line(tmp_path, jsb_path, capsys):
+    assert main(["train", tiny_config(tmp_path, jsb_path), "--set", "optim.lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imc-osttp: error:") and "optim.lr" in err and "Traceback" not in err
+
+
+def test_missing_data_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"path": str(tmp_path / "nothing.json")}}))
+    assert main(["train", str(cfg)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_align_json_and_dump(tmp_path, jsb_path, capsys):
+    out = tmp_path / "dump"
+    assert main(["align", tiny_config(tmp_path, jsb_path), "--json", "--dump", str(out),
+                 "--set", "train.dtype=float64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"bptt", "ostl", "ostl_rnd", "drtp", "osttp"}
+    assert report["bptt"]["W1"]["cosine"] == pytest.approx(1.0)
+    assert report["ostl"]["W1"]["cosine"] == pytest.approx(1.0, abs=1e-9)
+    assert report["osttp"]["W1"]["cosine"] < 0.99
+    params = np.load(out / "params.npz")
+    assert set(params) == {"W1", "b1", "W2", "c2"} and params["W1"].shape == (88, 16)
+    batch = np.load(out / "batch.npz")
+    assert batch["x"].shape[0] == 3 and batch["y"].shape == batch["x"].shape
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["reset"] == "full" and meta["surrogate"] == "tanh" and meta["readout"] == "sigmoid"
+    upd = np.load(out / "updates_osttp.npz")
+    assert upd["W1"].shape == (88, 16)
+
+
+def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, capsys):
+    study = {"name": "mini", "seeds": [0, 1], "output_dir": str(tmp_path / "results"),
+             "base": {"data": {"task": "jsb", "path": str(jsb_path), "max_sequences": 4},
+                      "model": {"hidden": 8}, "train": {"epochs": 2, "batch_size": 4}},
+             "variants": {"bptt": {"rule.name": "bptt"}, "osttp": {"rule.name": "osttp"}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["study", str(path), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "reference: no_context" in out and "mlflow ui" in out
+    runs = pd.read_csv(tmp_path / "results" / "mini.csv")
+    assert sorted(zip(runs["rule"], runs["seed"])) == [("bptt", 0), ("bptt", 1), ("osttp", 0), ("osttp", 1)]
+    assert (tmp_path / "results" / "mini.png").stat().st_size > 0
+    client = mlflow.MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("mini")
+    assert len(client.search_runs([exp.experiment_id])) == 5  # 4 runs + the summary
+    assert main(["study", str(path)]) == 0  # rerun: nothing left to train
+    assert len(pd.read_csv(tmp_path / "results" / "mini.csv")) == 4
