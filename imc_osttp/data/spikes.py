@@ -80,6 +80,7 @@ def _open(path: Path) -> h5py.File:
 
 
 def read_labels(path: str | Path) -> np.ndarray:
+    """The labels alone: enough to choose a subset before binning."""
     with _open(Path(path)) as f:
         return np.asarray(f["labels"], dtype=np.int64)
 
@@ -203,11 +204,13 @@ def locate_spike_file(task: str, split: str, configured: str | None = None,
 
 
 def read_split(path: Path, cfg: DataConfig, n_classes: int) -> Split:
-    """Inputs stay uint8 counts (Batch.to makes them float per batch); targets repeat the one-hot label."""
+    """One split; inputs stay uint8 counts (Batch.to makes them float per batch, and SHD train takes
+    0.57 GB instead of 2.3), targets are the one-hot label expanded over the steps (views, no copies)."""
     indices = balanced_subset(read_labels(path), cfg.max_sequences)
     x, labels = load_spike_h5(path, cfg.n_steps, cfg.max_time, indices=indices, dtype=torch.uint8)
     if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
-        raise DataError(f"{path}: labels span {labels.min()}-{labels.max()}, outside 0-{n_classes - 1}")
+        raise DataError(f"{path}: labels span {int(labels.min())}-{int(labels.max())}, "
+                        f"outside 0-{n_classes - 1}")
     onehot = torch.nn.functional.one_hot(labels, n_classes).float()
     targets = onehot[:, None, :].expand(-1, cfg.n_steps, -1)
     return Split(list(x.unbind(0)), list(targets.unbind(0)), labels)
