@@ -45,7 +45,8 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
     state = net.init_state(batch.size, batch.x)
     per_step = rule.update_timing == "step"
     scale = 1.0 / batch.size
-    loss_sum = spikes = 0.0
+    loss_sum = batch.x.new_zeros(())
+    spikes = batch.x.new_zeros(())
     for t in range(batch.x.shape[1]):
         x, mask = batch.x[:, t], batch.mask[:, t : t + 1]
         D, c = net.jacobian(state, exact=kind == "exact")
@@ -60,9 +61,9 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
             acc.add_outer("W2", state.readout.trace, err)
         if "c2" in acc:
             acc.add("c2", (err * state.readout.bias_trace).sum(0))
-        loss_sum += float((net.readout.loss(logits, batch.y[:, t]) * mask[:, 0]).sum())
-        spikes += float((state.y * mask).sum())
+        loss_sum += (net.readout.loss(logits, batch.y[:, t]) * mask[:, 0]).sum()
+        spikes += (state.y * mask).sum()
         if per_step:
             be.apply(acc.take(scale))
-    stats = BatchStats(loss_sum, int(batch.mask.sum()), spikes)
+    stats = BatchStats(float(loss_sum), int(batch.mask.sum()), float(spikes))
     return ({} if per_step else acc.take(scale)), stats
