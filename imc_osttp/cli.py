@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print {rule: {param: {cosine, norm_ratio}}}")
     p.add_argument("--dump", metavar="DIR", help="write params, batch, meta and every rule's update")
     p.set_defaults(func=cmd_align)
+
+    from .audio import add_encode_audio_parser
+
+    add_encode_audio_parser(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from .backends.base import Backend
 from .config import ModelConfig
 from .neuron import SURROGATES, jacobian_diag, membrane, spike
-from .readout import Readout, ReadoutState, make_readout
+from .readout import Readout, ReadoutChunk, ReadoutState, make_readout
 
 PARAM_NAMES = ("W1", "H1", "b1", "W2", "c2")
 MATRICES = ("W1", "H1", "W2")
@@ -60,12 +60,31 @@ def init_feedback(k: int, n: int, scale: float, generator: torch.Generator,
 
 @dataclass
 class StepState:
-    """Hidden layer state after a step, plus the readout's state."""
+    """The state after a step: membrane, spikes, surrogate, readout state."""
 
     s: Tensor
     y: Tensor
     psi: Tensor
     readout: ReadoutState
+
+
+@dataclass
+class Chunk:
+    """K steps of the network, batch first: [B, K, ...]."""
+
+    s: Tensor
+    y: Tensor
+    psi: Tensor
+    readout: ReadoutChunk
+
+    @property
+    def logits(self) -> Tensor:
+        return self.readout.logits
+
+
+def shift_in(first: Tensor, seq: Tensor) -> Tensor:
+    """[first, seq_0, ..., seq_{K-2}]: the previous-step values of a chunk [B, K, n]."""
+    return torch.cat([first.unsqueeze(1), seq[:, :-1]], dim=1)
 
 
 class SNUNet:
@@ -82,35 +101,41 @@ class SNUNet:
         z = like.new_zeros(batch, self.cfg.hidden)
         return StepState(z, z, z, self.readout.init(batch, self.cfg.hidden, self.n_out, like))
 
-    def step(self, x: Tensor, prev: StepState, differentiable: bool = False) -> tuple[StepState, Tensor]:
-        """Advance one step: returns the new state and the readout logits."""
+    def _mvm(self, name: str, x: Tensor) -> Tensor:
+        """x W for x [B, K, in], as one backend call on [B*K, in]."""
+        B, K, _ = x.shape
+        return self.backend.mvm(name, x.reshape(B * K, -1)).reshape(B, K, -1)
+
+    def run(self, x: Tensor, state: StepState, differentiable: bool = False) -> tuple[Chunk, StepState]:
+        """Advance K steps (x [B, K, m]). Only the membrane recursion loops over time; the input,
+        readout and surrogate products are one batched call each for the whole chunk."""
         be, cfg = self.backend, self.cfg
         b = be.read("b1")
-        current = be.mvm("W1", x)
-        if cfg.recurrent:
-            current = current + be.mvm("H1", prev.y)
-        s = membrane(current, prev.s, prev.y, b, cfg.decay, cfg.reset)
-        v = s - b
-        y = spike(v, cfg.surrogate) if differentiable else (v > 0).to(v.dtype)
-        psi = self.surrogate(v.detach())
-        drive = be.mvm("W2", y)
+        current = self._mvm("W1", x)
+        s, y = state.s, state.y
+        S, Y = [], []
+        for k in range(x.shape[1]):
+            i_k = current[:, k] + be.mvm("H1", y) if cfg.recurrent else current[:, k]
+            s = membrane(i_k, s, y, b, cfg.decay, cfg.reset)
+            y = spike(s - b, cfg.surrogate) if differentiable else (s - b > 0).to(s.dtype)
+            S.append(s)
+            Y.append(y)
+        S_, Y_ = torch.stack(S, 1), torch.stack(Y, 1)
+        psi = self.surrogate(S_.detach() - b.detach())
+        drive = self._mvm("W2", Y_)
         if cfg.readout_bias:
             drive = drive + be.read("c2")
-        ro, logits = self.readout.step(prev.readout, y, drive)
-        return StepState(s, y, psi, ro), logits
+        ro, ro_state = self.readout.run(drive, Y_, state.readout)
+        return Chunk(S_, Y_, psi, ro), StepState(s, y, psi[:, -1], ro_state)
 
-    def jacobian(self, prev: StepState, exact: bool) -> tuple[Tensor, Tensor]:
-        """(D^t, c^t) for the traces, from the state before this step."""
+    def jacobian(self, chunk: Chunk, before: StepState, exact: bool) -> tuple[Tensor, Tensor]:
+        """(D^t, c^t) [B, K, n] for the traces of every step of the chunk (SPEC §2)."""
         h_diag = torch.diagonal(self.backend.read("H1")) if self.cfg.recurrent else None
-        return jacobian_diag(prev.s, prev.y, prev.psi, self.backend.read("b1"), self.cfg.decay,
+        return jacobian_diag(shift_in(before.s, chunk.s), shift_in(before.y, chunk.y),
+                             shift_in(before.psi, chunk.psi), self.backend.read("b1"), self.cfg.decay,
                              self.cfg.reset, h_diag, exact)
 
     def forward(self, x: Tensor, differentiable: bool = False) -> tuple[Tensor, Tensor]:
         """Run a whole batch [B, T, m]: logits [B, T, k] and hidden spikes [B, T, n]."""
-        state = self.init_state(x.shape[0], x)
-        logits, spikes = [], []
-        for t in range(x.shape[1]):
-            state, out = self.step(x[:, t], state, differentiable)
-            logits.append(out)
-            spikes.append(state.y)
-        return torch.stack(logits, 1), torch.stack(spikes, 1)
+        chunk, _ = self.run(x, self.init_state(x.shape[0], x), differentiable)
+        return chunk.logits, chunk.y

@@ -2,7 +2,8 @@
 
 A readout turns the hidden spikes y^t into logits, keeps its own state (the
 leaky integrator's potential) and a filtered copy of its input, whose outer
-product with the local error is the readout's exact gradient (SPEC §3).
+product with the local error is the readout's exact gradient (SPEC §3). It
+works on chunks of K steps so the products with W2 are one GEMM per chunk.
 """
 
 from __future__ import annotations
@@ -17,25 +18,33 @@ from torch import Tensor
 @dataclass
 class ReadoutState:
     potential: Tensor | None  # leaky integrator o^{t-1}; None for the memoryless readout
-    trace: Tensor  # filtered input ybar^t (y^t itself for the memoryless readout)
+    trace: Tensor  # filtered input ybar^{t-1}
     bias_trace: Tensor  # filtered constant 1, the bias's trace
+
+
+@dataclass
+class ReadoutChunk:
+    """A chunk of K steps: logits [B, K, k] and the readout's eligibility inputs."""
+
+    logits: Tensor
+    trace: Tensor  # [B, K, n]: y^t (memoryless) or ybar^t (leaky)
+    bias_trace: Tensor  # [B, K, 1]
 
 
 class SigmoidReadout:
     """p^t = sigmoid(y^t W2 + c); loss = BCE summed over the k outputs (JSB)."""
 
-    tau = 0.0
-
     def init(self, batch: int, n: int, k: int, like: Tensor) -> ReadoutState:
         return ReadoutState(None, like.new_zeros(batch, n), like.new_zeros(batch, 1))
 
-    def step(self, state: ReadoutState, y: Tensor, drive: Tensor) -> tuple[ReadoutState, Tensor]:
-        """`drive` = y W2 (+ c), computed by the backend. Returns the new state and the logits."""
-        return ReadoutState(None, y, torch.ones_like(state.bias_trace)), drive
+    def run(self, drive: Tensor, y: Tensor, state: ReadoutState) -> tuple[ReadoutChunk, ReadoutState]:
+        """`drive` [B, K, k] = y W2 (+ c), computed by the backend."""
+        ones = drive.new_ones(drive.shape[0], drive.shape[1], 1)
+        return ReadoutChunk(drive, y, ones), state
 
     @staticmethod
     def loss(logits: Tensor, target: Tensor) -> Tensor:
-        """Per-sample loss [..., ] summed over outputs (natural log)."""
+        """Per-step loss summed over outputs (natural log)."""
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     @staticmethod
@@ -53,10 +62,19 @@ class LeakyReadout:
     def init(self, batch: int, n: int, k: int, like: Tensor) -> ReadoutState:
         return ReadoutState(like.new_zeros(batch, k), like.new_zeros(batch, n), like.new_zeros(batch, 1))
 
-    def step(self, state: ReadoutState, y: Tensor, drive: Tensor) -> tuple[ReadoutState, Tensor]:
+    def run(self, drive: Tensor, y: Tensor, state: ReadoutState) -> tuple[ReadoutChunk, ReadoutState]:
         assert state.potential is not None
-        o = self.tau * state.potential + drive
-        return ReadoutState(o, self.tau * state.trace + y, self.tau * state.bias_trace + 1.0), o
+        o, ybar, cbar = state.potential, state.trace, state.bias_trace
+        outs, ybars, cbars = [], [], []
+        for k in range(drive.shape[1]):
+            o = self.tau * o + drive[:, k]
+            ybar = self.tau * ybar + y[:, k]
+            cbar = self.tau * cbar + 1.0
+            outs.append(o)
+            ybars.append(ybar)
+            cbars.append(cbar)
+        chunk = ReadoutChunk(torch.stack(outs, 1), torch.stack(ybars, 1), torch.stack(cbars, 1))
+        return chunk, ReadoutState(o, ybar, cbar)
 
     @staticmethod
     def loss(logits: Tensor, target: Tensor) -> Tensor:

@@ -8,8 +8,8 @@ import numpy as np
 
 from .config import RunConfig
 from .data import TaskData, load_task
-from .train import RunResult, train
 from .tracking import start_run
+from .train import RunResult, train
 
 
 def final_parameters(result: RunResult) -> dict[str, np.ndarray]:

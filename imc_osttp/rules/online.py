@@ -1,9 +1,12 @@
 """The online rules: OSTL, OSTL-rnd, DRTP and OSTTP share one forward-in-time engine.
 
 They differ only in the hidden learning signal L^t (SPEC §3) and in the
-trace they multiply it with (exact, factorised, or none for DRTP). At every
-step the engine advances the network, the traces and the readout, and adds
-L^t ⊙ e^t to the backend's accumulator; nothing is stored across time.
+trace they multiply it with (exact, factorised, or none for DRTP). The
+engine walks the sequence in chunks of K steps: the network advances K steps,
+then the signals of the chunk are computed in batched products and the traces
+advance through it. Every quantity is causal, and memory is bounded by the
+chunk, not by T. With per-step updates K = 1 and the update is applied after
+every step, so step t+1 already runs on the changed weights.
 """
 
 from __future__ import annotations
@@ -18,13 +21,22 @@ from ..data.batching import Batch
 from ..network import SNUNet
 from .traces import make_traces
 
-# L^t from (net, readout error p - y*, target y*), all masked to valid steps
+CHUNK_STEPS = 64  # steps per chunk when updates are applied per sequence
+
+# L^t from (net, readout error p - y*, target y*), all masked to valid steps, shaped [B, K, .]
 Signal = Callable[[SNUNet, Tensor, Tensor], Tensor]
+
+
+def _batched(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    B, K, _ = z.shape
+    return fn(z.reshape(B * K, -1)).reshape(B, K, -1)
+
+
 SIGNALS: dict[str, Signal] = {
-    "ostl": lambda net, err, target: net.backend.mvm_t("W2", err),
-    "ostl_rnd": lambda net, err, target: net.backend.feedback(err),
-    "drtp": lambda net, err, target: net.backend.feedback(target),
-    "osttp": lambda net, err, target: net.backend.feedback(target),
+    "ostl": lambda net, err, target: _batched(lambda e: net.backend.mvm_t("W2", e), err),
+    "ostl_rnd": lambda net, err, target: _batched(net.backend.feedback, err),
+    "drtp": lambda net, err, target: _batched(net.backend.feedback, target),
+    "osttp": lambda net, err, target: _batched(net.backend.feedback, target),
 }
 
 
@@ -44,25 +56,25 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
     traces = make_traces(kind, net, batch.size, batch.x, acc)
     state = net.init_state(batch.size, batch.x)
     per_step = rule.update_timing == "step"
+    K = 1 if per_step else CHUNK_STEPS
     scale = 1.0 / batch.size
     loss_sum = batch.x.new_zeros(())
     spikes = batch.x.new_zeros(())
-    for t in range(batch.x.shape[1]):
-        x, mask = batch.x[:, t], batch.mask[:, t : t + 1]
-        D, c = net.jacobian(state, exact=kind == "exact")
-        y_prev = state.y
-        state, logits = net.step(x, state)
-        traces.step(D, c, x, y_prev)
-        target = batch.y[:, t] * mask
-        err = net.readout.error(logits, batch.y[:, t]) * mask
-        g = signal(net, err, target) * state.psi  # L^t ⊙ psi^t
-        traces.contribute(g)
+    for t0 in range(0, batch.x.shape[1], K):
+        x, y_star = batch.x[:, t0 : t0 + K], batch.y[:, t0 : t0 + K]
+        mask = batch.mask[:, t0 : t0 + K, None]
+        before = state
+        chunk, state = net.run(x, before)
+        D, c = net.jacobian(chunk, before, exact=kind == "exact")
+        err = net.readout.error(chunk.logits, y_star) * mask
+        g = signal(net, err, y_star * mask) * chunk.psi  # L^t ⊙ psi^t
+        traces.advance(D, c, x, torch.cat([before.y.unsqueeze(1), chunk.y[:, :-1]], 1), g)
         if "W2" in acc:
-            acc.add_outer("W2", state.readout.trace, err)
+            acc.add_outer("W2", chunk.readout.trace.flatten(0, 1), err.flatten(0, 1))
         if "c2" in acc:
-            acc.add("c2", (err * state.readout.bias_trace).sum(0))
-        loss_sum += (net.readout.loss(logits, batch.y[:, t]) * mask[:, 0]).sum()
-        spikes += (state.y * mask).sum()
+            acc.add("c2", (err * chunk.readout.bias_trace).sum((0, 1)))
+        loss_sum += (net.readout.loss(chunk.logits, y_star) * mask[..., 0]).sum()
+        spikes += (chunk.y * mask).sum()
         if per_step:
             be.apply(acc.take(scale))
     stats = BatchStats(float(loss_sum), int(batch.mask.sum()), float(spikes))
