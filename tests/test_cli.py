@@ -96,7 +96,8 @@ def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, c
     out = capsys.readouterr().out
     assert "reference: no_context" in out and "mlflow ui" in out
     runs = pd.read_csv(tmp_path / "results" / "mini.csv")
-    assert sorted(zip(runs["rule"], runs["seed"], strict=True)) == [("bptt", 0), ("bptt", 1), ("osttp", 0), ("osttp", 1)]
+    pairs = sorted(zip(runs["rule"], runs["seed"], strict=True))
+    assert pairs == [("bptt", 0), ("bptt", 1), ("osttp", 0), ("osttp", 1)]
     assert (tmp_path / "results" / "mini.png").stat().st_size > 0
     client = mlflow.MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("mini")

@@ -38,8 +38,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("reset,surrogate", list(itertools.product(["full", "soft"], ["tanh", "fast_sigmoid"])))
-def test_ostl_equals_bptt_feedforward(reset, surrogate):
+@pytest.mark.parametrize("reset,surrogate,chunk", list(itertools.product(["full", "soft"], ["tanh", "fast_sigmoid"],
+                                                                        [2, 64])))
+def test_ostl_equals_bptt_feedforward(reset, surrogate, chunk, monkeypatch):
+    """Chunk 2 makes the sequence cross chunk boundaries; 64 holds it in one chunk."""
+    monkeypatch.setattr("imc_osttp.rules.online.CHUNK_STEPS", chunk)
     batch = make_batch()
     opts = (f"model.reset={reset}", f"model.surrogate={surrogate}", "model.train_threshold=true")
     bptt, stats, _ = update("bptt", batch, *opts)
@@ -151,10 +154,29 @@ def test_ostl_rnd_uses_feedback_matrix_not_w2():
     assert rel_err(before["W1"], compute_update(ostl_cfg.rule, ostl_net, batch)[0]["W1"]) > 1e-3
 
 
-def test_per_step_updates_change_weights_online():
+@pytest.mark.parametrize("traces", ["exact", "factorised"])
+def test_chunking_does_not_change_the_update(traces, monkeypatch):
+    batch = make_batch(9, lengths=(11, 4, 8))
+    results = []
+    for chunk in (1, 3, 64):
+        monkeypatch.setattr("imc_osttp.rules.online.CHUNK_STEPS", chunk)
+        results.append(update("osttp", batch, f"rule.traces={traces}", "model.reset=soft")[0])
+    for other in results[1:]:
+        for name in results[0]:
+            assert rel_err(other[name], results[0][name]) <= 1e-12, name
+
+
+def test_per_step_updates_apply_each_step():
+    """With a tiny learning rate, per-step SGD sums to the per-sequence update; with a large one the
+    later steps already see changed weights, so the two differ."""
     batch = make_batch(8)
-    cfg, net = network("osttp", "rule.update_timing=step", "optim.lr=0.01")
+    cfg, net = network("osttp", "optim.lr=1e-6")
     w0 = net.backend.params["W1"].detach().clone()
-    grads, _ = compute_update(cfg.rule, net, batch)
-    assert grads == {}
-    assert not torch.equal(w0, net.backend.params["W1"])
+    seq, _ = compute_update(cfg.rule, net, batch)
+    step_cfg, step_net = network("osttp", "rule.update_timing=step", "optim.lr=1e-6")
+    assert compute_update(step_cfg.rule, step_net, batch)[0] == {}
+    moved = (w0 - step_net.backend.params["W1"].detach()) / 1e-6
+    assert rel_err(moved, seq["W1"]) < 1e-3
+    big_cfg, big_net = network("osttp", "rule.update_timing=step", "optim.lr=1.0")
+    compute_update(big_cfg.rule, big_net, batch)
+    assert rel_err(w0 - big_net.backend.params["W1"].detach(), seq["W1"]) > 1e-2
