@@ -94,6 +94,7 @@ class BackendConfig(_Strict):
     kind: Literal["digital", "analog"] = "digital"
     device_config: str = "pcm_4device"
     feedback_config: str = "feedback_programmed"
+    knobs: dict[str, float | int | str] = {}  # named non-idealities over the device configs (imc_osttp.knobs)
 
 
 class TrackingConfig(_Strict):
