@@ -38,8 +38,8 @@ SEED_ROUNDING = 4  # random stream of the exact writer's rounding (builder uses 
 
 
 @dataclass
-class Factored:
-    """A gradient estimate dense + Σ_b left_bᵀ right_b, kept as rank-1 terms for the crossbar."""
+class Factors:
+    """How a gradient estimate was built: dense + Σ_b left_bᵀ right_b, kept for the crossbar."""
 
     left: Tensor  # [N, m]
     right: Tensor  # [N, n]
@@ -51,7 +51,12 @@ class Factored:
 
 
 class AnalogAccumulator(Accumulator):
-    """Keeps rank-1 terms of the named parameters as factors; everything else sums densely."""
+    """Also keeps the rank-1 terms of the named parameters as factors.
+
+    `take` still returns every estimate as a dense tensor (for any consumer);
+    a factored one carries its `Factors` as the attribute `factors`, from which
+    the analog backend sends the rank-1 terms as one batched tile update.
+    """
 
     def __init__(self, shapes: dict[str, torch.Size], like: Tensor, factored: set[str]) -> None:
         super().__init__(shapes, like)
@@ -75,21 +80,18 @@ class AnalogAccumulator(Accumulator):
         lefts.append(left.detach().clone())
         rights.append(right.detach().clone())
 
-    def take(self, scale: float) -> dict[str, Tensor | Factored]:
-        out: dict[str, Tensor | Factored] = dict(super().take(scale))
+    def take(self, scale: float) -> dict[str, Tensor]:
+        out = super().take(scale)
         for name, (lefts, rights) in self.factors.items():
             if lefts:
-                dense_part = out[name] if name in self.dense_used else None
-                out[name] = Factored(torch.cat(lefts), torch.cat(rights) * scale, dense_part)
+                factors = Factors(torch.cat(lefts), torch.cat(rights) * scale,
+                                  out[name] if name in self.dense_used else None)
+                out[name] = factors.to_dense()
+                out[name].factors = factors
             lefts.clear()
             rights.clear()
         self.dense_used.clear()
         return out
-
-
-def dense(grad: Tensor | Factored) -> Tensor:
-    """The full update matrix of a gradient estimate, however it is stored."""
-    return grad.to_dense() if isinstance(grad, Factored) else grad
 
 
 class PulsedTile:
@@ -133,17 +135,17 @@ class PulsedTile:
         """The logical weights in row convention (an exact copy, not a realistic read)."""
         return self.tile.get_weights()[0].transpose(0, 1)
 
-    def write(self, grad: Tensor | Factored, lr: float) -> None:
-        """ΔW = -lr·grad, as pulses."""
+    def write(self, grad: Tensor, lr: float) -> None:
+        """ΔW = -lr·grad, as pulses: rank-1 terms as coincident trains where the gradient has them."""
+        factors = getattr(grad, "factors", None)
         if self.writer.policy == "exact":
-            self._write_exact(dense(grad), lr)
-            return
-        if isinstance(grad, Factored):
-            self._write_stochastic(grad.left, grad.right, lr)
-            if grad.dense is not None:
-                self._write_stochastic_dense(grad.dense, lr)
-        else:
+            self._write_exact(grad, lr)
+        elif factors is None:
             self._write_stochastic_dense(grad, lr)
+        else:
+            self._write_stochastic(factors.left, factors.right, lr)
+            if factors.dense is not None:
+                self._write_stochastic_dense(factors.dense, lr)
 
     def _scale(self) -> Tensor:
         """Digital output scale α (per output or global): W = α·G, so pulses see d/α."""
@@ -293,13 +295,14 @@ class AnalogBackend:
         return {**self._views, **self.digital}
 
     def accumulator(self) -> Accumulator:
-        factored = {n for n in self.trainable if n in self.tiles and self.tiles[n].writer.policy == "stochastic"}
+        factored = {n for n in self.trainable
+                    if n in self.tiles and self.tiles[n].writer.policy == "stochastic"}
         shapes = {n: self.parameters()[n].shape for n in self.trainable}
         return AnalogAccumulator(shapes, torch.empty(0, dtype=self.dtype), factored)
 
-    def apply(self, grads: dict[str, Tensor | Factored]) -> None:
+    def apply(self, grads: dict[str, Tensor]) -> None:
         names = [n for n in self.trainable if n in grads]
-        coef = clip_coefficient([dense(grads[n]) for n in names], self.grad_clip)
+        coef = clip_coefficient([grads[n] for n in names], self.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"] * coef
         steppable = [n for n in names if n in self.digital]
         for name in steppable:

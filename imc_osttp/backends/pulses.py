@@ -17,6 +17,7 @@ from aihwkit.simulator.configs import SingleRPUConfig, UnitCellRPUConfig
 from aihwkit.simulator.configs.compounds import OneSidedUnitCell, UnitCell, VectorUnitCell
 from aihwkit.simulator.configs.devices import PulsedDevice
 from aihwkit.simulator.parameters import PulseType, UpdateParameters, VectorUnitCellUpdatePolicy
+from aihwkit.simulator.tiles import AnalogTile
 from torch import Tensor
 
 STOCHASTIC = (PulseType.STOCHASTIC_COMPRESSED, PulseType.STOCHASTIC)
@@ -40,9 +41,8 @@ def granularity(tile, device) -> float | None:
 
 
 def _sub_granularity(device) -> float:
-    from aihwkit.simulator.tiles import AnalogTile
-
-    cfg = SingleRPUConfig(device=device) if isinstance(device, PulsedDevice) else UnitCellRPUConfig(device=device)
+    single = isinstance(device, PulsedDevice)
+    cfg = SingleRPUConfig(device=device) if single else UnitCellRPUConfig(device=device)
     return granularity(AnalogTile(1, 1, cfg), device)
 
 

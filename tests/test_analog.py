@@ -1,0 +1,227 @@
+"""The analog backend: ideal tiles reproduce the digital backend; pulses are written and counted right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("aihwkit")
+
+from imc_osttp import device_configs  # noqa: E402
+from imc_osttp.backends import pulses  # noqa: E402
+from imc_osttp.backends.analog import AnalogBackend, PulsedTile  # noqa: E402
+from imc_osttp.backends.digital import DigitalBackend  # noqa: E402
+from imc_osttp.config import load_run_config  # noqa: E402
+from imc_osttp.data.batching import batches  # noqa: E402
+from imc_osttp.data.synthetic import synthetic_jsb  # noqa: E402
+from imc_osttp.errors import ConfigError  # noqa: E402
+from imc_osttp.network import SNUNet, init_feedback, init_parameters, trainable_names  # noqa: E402
+from imc_osttp.rules import compute_update  # noqa: E402
+
+M, N, K = 10, 12, 10
+DW = 0.0625  # a power of two: pulse counts times DW are exact in float32
+NOISE_FREE = f"""
+rpu_config:
+  class: SingleRPUConfig
+  forward: {{is_perfect: true}}
+  backward: {{is_perfect: true}}
+  device: {{class: ConstantStepDevice, dw_min: {DW}, dw_min_dtod: 0.0, dw_min_std: 0.0, up_down: 0.0,
+           up_down_dtod: 0.0, w_max: 10000.0, w_min: -10000.0, w_max_dtod: 0.0, w_min_dtod: 0.0}}
+"""
+
+
+def make_cfg(device: str = "ideal", feedback: str = "ideal", **extra):
+    tree = {"backend": {"kind": "analog", "device_config": device, "feedback_config": feedback},
+            "model": {"hidden": N, "recurrent": True}, "optim": {"lr": 0.05}, "data": {"task": "synthetic"}}
+    for section, values in extra.items():
+        tree.setdefault(section, {}).update(values)
+    return load_run_config(extra=tree)
+
+
+def make_params(cfg, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return init_parameters(cfg.model, M, K, g), init_feedback(K, N, 1.0, g)
+
+
+def both_backends(cfg):
+    params, B = make_params(cfg)
+    names = trainable_names(cfg.model)
+    return AnalogBackend(cfg, params, B, names), DigitalBackend(cfg, params, B, names), names
+
+
+def random_grads(names, params, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(params[n].shape, generator=g) for n in names}
+
+
+def rel_err(a, b):
+    return float((a - b).detach().norm() / b.detach().norm().clamp(min=1e-12))
+
+
+def noise_free(tmp_path, writer: str = "") -> str:
+    path = tmp_path / "noise_free.yaml"
+    path.write_text(NOISE_FREE + writer)
+    return str(path)
+
+
+# ------------------------------------------------------------------ ideal tiles = digital backend
+
+
+def test_ideal_products_match_digital():
+    analog, digital, _ = both_backends(make_cfg())
+    x = torch.rand(3, M)
+    for name, inp in (("W1", x), ("H1", torch.rand(3, N)), ("W2", torch.rand(3, N))):
+        assert rel_err(analog.mvm(name, inp), digital.mvm(name, inp)) < 1e-6
+    d = torch.randn(3, K)
+    assert rel_err(analog.mvm_t("W2", d), digital.mvm_t("W2", d)) < 1e-6
+    assert rel_err(analog.feedback(d), digital.feedback(d)) < 1e-6
+    assert torch.allclose(torch.diagonal(analog.read("H1")), torch.diagonal(digital.read("H1")))
+
+
+def test_ideal_dense_updates_match_digital_through_the_lr_schedule():
+    cfg = make_cfg(optim={"decay_every": 1, "decay_factor": 0.5})
+    analog, digital, names = both_backends(cfg)
+    for epoch in range(2):
+        grads = random_grads(names, digital.parameters(), seed=epoch)
+        analog.apply(grads)
+        digital.apply(grads)
+        assert analog.end_epoch()["lr"] == digital.end_epoch()["lr"]
+    for name in names:
+        assert rel_err(analog.parameters()[name], digital.parameters()[name]) < 1e-5, name
+
+
+@pytest.mark.parametrize("traces", ["exact", "factorised"])
+@pytest.mark.parametrize("timing", ["sequence", "step"])
+def test_ideal_online_rule_matches_digital(traces, timing):
+    cfg = make_cfg(rule={"traces": traces, "update_timing": timing})
+    analog, digital, names = both_backends(cfg)
+    start = {n: digital.parameters()[n].detach().clone() for n in names}
+    batch = next(iter(batches(synthetic_jsb(4, 12).train, 4)))
+    batch.x, batch.y = batch.x[..., :M], batch.y[..., :K]
+    for backend in (analog, digital):
+        net = SNUNet(cfg.model, backend, M, K)
+        grads, _ = compute_update(cfg.rule, net, batch)
+        if grads:
+            backend.apply(grads)
+            if traces == "factorised" and backend is analog:
+                assert hasattr(grads["W1"], "factors")  # sent to the tile as rank-1 terms
+    for name in names:
+        change = digital.parameters()[name].detach() - start[name]
+        assert rel_err(analog.parameters()[name].detach() - start[name], change) < 1e-5, name
+
+
+def test_dense_and_factored_parts_of_one_parameter_are_both_applied():
+    analog, digital, names = both_backends(make_cfg())
+    acc = analog.accumulator()
+    dense, left, right = torch.randn(M, N), torch.rand(5, M), torch.randn(5, N)
+    acc.add("W1", dense)
+    acc.add_outer("W1", left, right)
+    grads = acc.take(0.5)
+    assert grads["W1"].factors.dense is not None
+    assert torch.allclose(grads["W1"], 0.5 * (dense + left.T @ right), atol=1e-6)
+    analog.apply(grads)
+    digital.apply({n: grads[n].clone() for n in names})
+    assert rel_err(analog.parameters()["W1"], digital.parameters()["W1"]) < 1e-5
+
+
+def test_bptt_gradients_flow_through_analog_products():
+    cfg = make_cfg(rule={"name": "bptt"})
+    analog, digital, names = both_backends(cfg)
+    batch = next(iter(batches(synthetic_jsb(2, 8).train, 2)))
+    batch.x, batch.y = batch.x[..., :M], batch.y[..., :K]
+    grads = {b.kind: compute_update(cfg.rule, SNUNet(cfg.model, b, M, K), batch)[0]
+             for b in (analog, digital)}
+    for name in names:
+        assert rel_err(grads["analog"][name], grads["digital"][name]) < 1e-5, name
+
+
+# ------------------------------------------------------------------ pulses
+
+
+def test_exact_writer_fires_exactly_the_requested_counts(tmp_path):
+    cfg = make_cfg(noise_free(tmp_path, "writer: {policy: exact, rounding: carry}\n"), optim={"lr": 0.5})
+    analog, _, names = both_backends(cfg)
+    start = analog.parameters()["W1"].detach().clone()
+    n = torch.randint(-5, 6, (M, N), generator=torch.Generator().manual_seed(3)).float()
+    grads = {name: torch.zeros_like(analog.parameters()[name]) for name in names}
+    grads["W1"] = -n * DW / 0.5  # ΔW = -lr·grad = n pulses of DW
+    analog.apply(grads)
+    assert torch.allclose(analog.parameters()["W1"].detach() - start, n * DW, atol=1e-6)
+    metrics = analog.end_epoch()
+    assert metrics["pulses/W1"] == n.abs().sum()
+    assert metrics["pulses/W1_max_device"] == n.abs().max()
+    assert metrics["pulses/W2"] == 0
+
+
+def test_carry_writer_keeps_the_remainder_digitally(tmp_path):
+    cfg = make_cfg(noise_free(tmp_path, "writer: {policy: exact, rounding: carry}\n"), optim={"lr": 1.0})
+    analog, _, names = both_backends(cfg)
+    start = analog.parameters()["W1"].detach().clone()
+    grads = {name: torch.zeros_like(analog.parameters()[name]) for name in names}
+    grads["W1"] = torch.full((M, N), -0.25 * DW)
+    for _ in range(10):  # 10 x 1/4 pulse: 2 pulses fired, half a pulse still carried
+        analog.apply(grads)
+    assert torch.allclose(analog.parameters()["W1"].detach() - start, torch.full((M, N), 2 * DW), atol=1e-6)
+    assert analog.end_epoch()["pulses/W1"] == 2 * M * N
+    assert torch.allclose(analog.tiles["W1"].residual, torch.full((N, M), 0.5))
+
+
+@pytest.mark.parametrize("boost", [1.0, 2000.0])
+def test_stochastic_pulse_counts_match_the_expected_value(tmp_path, boost):
+    """aihwkit's pulses cannot be seeded: compare the realised count with E[n] = Σ_b BL·p·q.
+
+    With boost, the update asks for more than BL pulses and update management clips it.
+    """
+    spec = device_configs.load_spec(noise_free(tmp_path))
+    tile = PulsedTile(torch.zeros(M, N), spec, torch.Generator())
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, M, generator=g)
+    sign = torch.where(torch.rand(N, generator=g) < 0.5, -1.0, 1.0)  # one direction per cell
+    d = torch.rand(3, N, generator=g) * sign * boost
+    lr = 0.05
+    for _ in range(400):
+        tile._write_stochastic(x, d, lr)
+    realised = tile.weight().abs().sum() / DW
+    expected = (tile.counter.up + tile.counter.down).sum()
+    assert expected > 5000
+    assert float(abs(realised - expected) / expected) < 0.05
+    bl, _, _ = pulses.pulse_trains(x, d, lr, DW, spec.rpu_config.update)
+    assert bool((bl == spec.rpu_config.update.desired_bl).all()) == (boost > 1)
+
+
+def test_feedback_tile_is_programmed_once_and_never_updated():
+    cfg = make_cfg("pcm_4device", "feedback_programmed", optim={"lr": 0.01})
+    params, B = make_params(cfg)
+    analog = AnalogBackend(cfg, params, B, trainable_names(cfg.model))
+    programmed = analog.B.weight().clone()
+    assert 0 < rel_err(programmed, B) < 0.3  # programming noise, not a different matrix
+    for seed in range(3):
+        analog.apply(random_grads(trainable_names(cfg.model), params, seed))
+    assert torch.equal(analog.B.weight(), programmed)
+    assert not any(key.startswith("pulses/B") for key in analog.end_epoch())
+
+
+def test_pcm_tiles_count_pulses_for_every_trainable_tile():
+    cfg = make_cfg("pcm_4device", optim={"lr": 0.01})
+    analog, _, names = both_backends(cfg)
+    analog.apply(random_grads(names, analog.parameters()))
+    metrics = analog.end_epoch()
+    for name in ("W1", "H1", "W2"):
+        assert metrics[f"pulses/{name}"] > 0
+        assert 0 < metrics[f"pulses/{name}_max_device"] <= metrics[f"pulses/{name}"]
+
+
+def test_baseline_raises_both_devices_and_keeps_the_weights():
+    spec = device_configs.load_spec("pcm_4device").model_copy(update={"baseline": 0.5})
+    w = torch.rand(M, N) * 0.4 - 0.2
+    tile = PulsedTile(w, spec, torch.Generator())
+    hidden = tile.tile.get_hidden_parameters()
+    devices = [k for k in hidden if k.startswith("hidden_weights_") and k.count("_") == 3]
+    assert len(devices) == 4
+    assert all(float(hidden[k].min()) >= 0.5 for k in devices)
+    assert torch.allclose(tile.weight(), w, atol=1e-6)
+
+
+def test_analog_tiles_refuse_optimizers_that_pulses_cannot_implement():
+    with pytest.raises(ConfigError, match="plain SGD"):
+        both_backends(make_cfg(optim={"name": "adam"}))
