@@ -201,6 +201,16 @@ def test_feedback_tile_is_programmed_once_and_never_updated():
     assert not any(key.startswith("pulses/B") for key in analog.end_epoch())
 
 
+def test_knobs_reach_the_tiles_and_the_feedback_tile():
+    cfg = make_cfg("pcm_4device", "feedback_programmed",
+                   backend={"knobs": {"feedback_prog_noise": 0.0, "dw_min_std": 0.1}})
+    params, B = make_params(cfg)
+    analog = AnalogBackend(cfg, params, B, trainable_names(cfg.model))
+    assert rel_err(analog.B.weight(), B) < 1e-5
+    cells = analog.tiles["W1"].tile.rpu_config.device.unit_cell_devices
+    assert all(dev.dw_min_std == 0.1 for cell in cells for dev in cell.unit_cell_devices)
+
+
 def test_pcm_tiles_count_pulses_for_every_trainable_tile():
     cfg = make_cfg("pcm_4device", optim={"lr": 0.01})
     analog, _, names = both_backends(cfg)

@@ -21,6 +21,7 @@ from ..builder import generator
 from ..config import OptimConfig, RunConfig
 from ..device_configs import DeviceSpec
 from ..errors import ConfigError
+from ..knobs import apply_to_spec
 from ..optim import make_optimizer
 from .base import Accumulator
 
@@ -255,14 +256,16 @@ class AnalogBackend:
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:
         check_optimizer(cfg.optim)
-        spec = device_configs.load_spec(cfg.backend.device_config)
+        knobs = cfg.backend.knobs
+        spec = apply_to_spec(device_configs.load_spec(cfg.backend.device_config), knobs, "device")
+        feedback_spec = apply_to_spec(device_configs.load_spec(cfg.backend.feedback_config), knobs, "feedback")
         rounding = generator(cfg.seed, SEED_ROUNDING)
         self.dtype = params["W1"].dtype
         self.tiles = {n: PulsedTile(params[n], spec, rounding) for n in MATRICES if n in params}
         self.digital = {n: torch.nn.Parameter(v.clone(), requires_grad=n in trainable)
                         for n, v in params.items() if n not in self.tiles}
         self.trainable = list(trainable)
-        self.B = ProgrammedTile(feedback, device_configs.load_spec(cfg.backend.feedback_config))
+        self.B = ProgrammedTile(feedback, feedback_spec)
         self.grad_clip = cfg.optim.grad_clip
         # the optimizer steps the digital parameters and carries the learning-rate schedule for the tiles
         steppable = [self.digital[n] for n in self.trainable if n in self.digital]
