@@ -1,0 +1,104 @@
+"""Named device configurations: every one builds a tile, files round-trip, typos are named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("aihwkit")
+
+from aihwkit.simulator.configs import UnitCellRPUConfig  # noqa: E402
+from aihwkit.simulator.parameters import PulseType  # noqa: E402
+from aihwkit.simulator.presets import PCMPreset  # noqa: E402
+
+from imc_osttp import device_configs  # noqa: E402
+from imc_osttp.errors import ConfigError  # noqa: E402
+
+SHIPPED = ["ideal", "pcm_preset", "pcm_4device", "pcm_mixed_precision", "constant_step",
+           "feedback_programmed"]
+
+
+def test_the_required_names_are_shipped():
+    assert set(SHIPPED) <= set(device_configs.available())
+
+
+@pytest.mark.parametrize("name", device_configs.available())
+def test_every_shipped_config_builds_a_tile(name):
+    rpu = device_configs.load(name)
+    tile = rpu.tile_class(3, 4, rpu)
+    tile.set_weights(torch.full((3, 4), 0.1))
+    assert tile.forward(torch.ones(2, 4)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", device_configs.available())
+def test_save_then_load_round_trips(name, tmp_path):
+    spec = device_configs.load_spec(name)
+    device_configs.save(spec, tmp_path / "copy.yaml")
+    again = device_configs.load_spec(tmp_path / "copy.yaml")
+    assert device_configs.to_dict(again.rpu_config) == device_configs.to_dict(spec.rpu_config)
+    assert again.model_dump(exclude={"rpu_config", "description"}) == spec.model_dump(
+        exclude={"rpu_config", "description"})
+
+
+def test_round_trip_keeps_nested_fields_enums_and_device_lists(tmp_path):
+    rpu = PCMPreset()
+    rpu.device.refresh_every = 7
+    rpu.device.unit_cell_devices[1].dw_min_std = 0.3
+    rpu.update.pulse_type = PulseType.STOCHASTIC
+    rpu.mapping.weight_scaling_omega = 0.8
+    device_configs.save(rpu, tmp_path / "pcm.yaml")
+    again = device_configs.load(tmp_path / "pcm.yaml")
+    assert again == rpu
+    assert type(again) is PCMPreset
+    text = (tmp_path / "pcm.yaml").read_text()
+    assert "STOCHASTIC" in text and "dw_min_std: 0.3" in text
+
+
+def test_only_fields_that_differ_from_the_defaults_are_written():
+    assert device_configs.to_dict(PCMPreset()) == {"class": "PCMPreset"}
+    assert device_configs.to_dict(UnitCellRPUConfig())["class"] == "UnitCellRPUConfig"
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_misspelled_field_names_the_closest_valid_one(tmp_path):
+    path = _write(tmp_path, """
+rpu_config:
+  class: UnitCellRPUConfig
+  device:
+    class: VectorUnitCell
+    unit_cell_devices:
+    - {class: PCMPresetUnitCell}
+    - {class: PCMPresetDevice, dw_min_sdt: 0.1}
+""")
+    with pytest.raises(ConfigError, match=r"dw_min_sdt.*did you mean 'dw_min_std'"):
+        device_configs.load(path)
+
+
+def test_misspelled_extras_enums_and_classes_are_named(tmp_path):
+    cases = {
+        "rpu_config: {class: PCMPreset}\nbasline: 0.5\n": r"basline.*did you mean 'baseline'",
+        "rpu_config: {class: PCMPreset, update: {pulse_type: STOCHASTIC_COMPRESED}}\n":
+            r"STOCHASTIC_COMPRESED.*did you mean 'STOCHASTIC_COMPRESSED'",
+        "rpu_config: {class: PCMPrest}\n": r"PCMPrest.*did you mean 'PCMPreset'",
+        "rpu_config: {class: PCMPreset}\nwriter: {policy: exakt}\n": r"writer.policy",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            device_configs.load_spec(_write(tmp_path, text))
+
+
+def test_unknown_names_suggest_a_shipped_one():
+    with pytest.raises(ConfigError, match="did you mean 'pcm_4device'"):
+        device_configs.load("pcm_4devise")
+
+
+def test_extra_folders_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("rpu_config: {class: PCMPreset}\nbaseline: 0.4\n")
+    monkeypatch.setenv(device_configs.ENV_FOLDERS, str(tmp_path))
+    assert "mine" in device_configs.available()
+    assert device_configs.load_spec("mine").baseline == 0.4
