@@ -319,6 +319,7 @@ class AnalogBackend:
         self._views = {}
 
     def end_epoch(self) -> dict[str, float]:
+        """Step the schedule; lr and each trainable tile's pulses since the run began."""
         if self.scheduler is not None:
             self.scheduler.step()
         metrics = {"lr": self.optimizer.param_groups[0]["lr"]}
