@@ -37,9 +37,6 @@ def measure(rule: str, traces: str, T: int, batch: int, device: str, threads: in
     b = collate(data.train.inputs, data.train.targets).to(torch.float32, device)
     net = build_network(cfg, 88, 88)
     if device != "cpu":
-        for p in net.backend.params.values():
-            p.data = p.data.to(device)
-        net.backend.B = net.backend.B.to(device)
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []

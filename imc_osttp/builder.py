@@ -6,6 +6,7 @@ import torch
 
 from .backends import make_backend
 from .config import RunConfig
+from .errors import ConfigError
 from .data.batching import TaskData
 from .network import SNUNet, init_feedback, init_parameters, trainable_names
 
@@ -19,11 +20,27 @@ def generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + stream)
 
 
+def check_device(cfg: RunConfig) -> torch.device:
+    """The torch device of a digital run; analog tiles run where aihwkit was built (the CPU here)."""
+    try:
+        device = torch.device(cfg.train.device)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {cfg.train.device!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but this torch has no usable CUDA device")
+    if device.type != "cpu" and cfg.backend.kind == "analog":
+        raise ConfigError("train.device: the analog backend runs on the CPU (aihwkit's CPU build)")
+    return device
+
+
 def build_network(cfg: RunConfig, n_in: int, n_out: int) -> SNUNet:
-    dtype = DTYPES[cfg.train.dtype]
+    """Parameters and B are drawn on the CPU from seeded streams, then moved: the same seed gives
+    the same initial network on every device."""
+    dtype, device = DTYPES[cfg.train.dtype], check_device(cfg)
     params = init_parameters(cfg.model, n_in, n_out, generator(cfg.seed, SEED_PARAMS), dtype)
+    params = {name: value.to(device) for name, value in params.items()}
     feedback = init_feedback(n_out, cfg.model.hidden, cfg.rule.feedback_scale,
-                             generator(cfg.seed, SEED_FEEDBACK), dtype)
+                             generator(cfg.seed, SEED_FEEDBACK), dtype).to(device)
     backend = make_backend(cfg, params, feedback, trainable_names(cfg.model))
     return SNUNet(cfg.model, backend, n_in, n_out)
 

@@ -20,7 +20,9 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig
     return opt, sched
 
 
-def clip_(grads: list[torch.Tensor], max_norm: float | None) -> None:
-    """Clip the global norm of the update in place (a no-op when max_norm is None)."""
-    if max_norm is not None:
-        torch.nn.utils.clip_grad_norm_(grads, max_norm)
+def clip_coefficient(grads: list[torch.Tensor], max_norm: float | None) -> float:
+    """torch's clip_grad_norm_ factor for the global norm of `grads` (1 when max_norm is None)."""
+    if max_norm is None:
+        return 1.0
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    return min(1.0, max_norm / (norm + 1e-6))

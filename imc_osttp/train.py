@@ -42,12 +42,13 @@ class RunResult:
 
 
 @torch.no_grad()
-def evaluate(net: SNUNet, split: Split, batch_size: int, dtype: torch.dtype, kind: str) -> dict[str, float]:
+def evaluate(net: SNUNet, split: Split, batch_size: int, dtype: torch.dtype, kind: str,
+             device: str = "cpu") -> dict[str, float]:
     """NLL per frame (multilabel) or accuracy of argmax Σ_t softmax(o^t) (classification)."""
     loss_sum = spikes = correct = 0.0
     frames = 0
     for batch in batches(split, batch_size):
-        batch = batch.to(dtype)
+        batch = batch.to(dtype, device)
         logits, y = net.forward(batch.x)
         loss_sum += float((net.readout.loss(logits, batch.y) * batch.mask).sum())
         spikes += float((y * batch.mask[..., None]).sum())
@@ -104,7 +105,7 @@ def train(cfg: RunConfig, data: TaskData, on_epoch: EpochCallback | None = None,
         splits = {"test": data.test} if data.kind == "classification" else {"valid": data.valid,
                                                                               "test": data.test}
         for name, split in splits.items():
-            for key, value in evaluate(net, split, eval_bs, dtype, data.kind).items():
+            for key, value in evaluate(net, split, eval_bs, dtype, data.kind, cfg.train.device).items():
                 if key != "spike_rate":
                     metrics[f"{name}_{key}"] = value
         metrics.update(net.backend.end_epoch())

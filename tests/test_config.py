@@ -47,3 +47,12 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_run_config(bad)
+
+
+def test_unusable_device_is_a_config_error():
+    from imc_osttp.builder import build_network
+
+    with pytest.raises(ConfigError, match="train.device"):
+        build_network(load_run_config(None, ["train.device=nonsense"]), 4, 4)
+    with pytest.raises(ConfigError, match="analog backend runs on the CPU"):
+        build_network(load_run_config(None, ["train.device=meta", "backend.kind=analog"]), 4, 4)

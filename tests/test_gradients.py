@@ -180,3 +180,14 @@ def test_per_step_updates_apply_each_step():
     big_cfg, big_net = network("osttp", "rule.update_timing=step", "optim.lr=1.0")
     compute_update(big_cfg.rule, big_net, batch)
     assert rel_err(w0 - big_net.backend.params["W1"].detach(), seq["W1"]) > 1e-2
+
+
+def test_grad_clip_bounds_the_digital_step():
+    batch = make_batch(10)
+    cfg, net = network("osttp", "optim.lr=1.0", "optim.grad_clip=1e-3")
+    w0 = {k: v.detach().clone() for k, v in net.backend.params.items()}
+    grads, _ = compute_update(cfg.rule, net, batch)
+    assert sum(float(g.norm() ** 2) for g in grads.values()) ** 0.5 > 1e-2
+    net.backend.apply(grads)
+    step = sum(float((net.backend.params[k].detach() - w0[k]).norm() ** 2) for k in grads) ** 0.5
+    assert step == pytest.approx(1e-3, rel=1e-3)

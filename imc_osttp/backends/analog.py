@@ -22,7 +22,7 @@ from ..config import OptimConfig, RunConfig
 from ..device_configs import DeviceSpec
 from ..errors import ConfigError
 from ..knobs import apply_to_spec
-from ..optim import make_optimizer
+from ..optim import clip_coefficient, make_optimizer
 from .base import Accumulator
 
 try:
@@ -238,14 +238,6 @@ def check_optimizer(cfg: OptimConfig) -> None:
     if cfg.name != "sgd" or cfg.momentum:
         raise ConfigError(f"optim: analog tiles are updated by plain SGD pulses; got {cfg.name} with "
                           f"momentum {cfg.momentum} (use optim.name=sgd, optim.momentum=0)")
-
-
-def clip_coefficient(grads: list[Tensor], max_norm: float | None) -> float:
-    """torch's clip_grad_norm_ factor for the global norm of `grads`."""
-    if max_norm is None:
-        return 1.0
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-    return min(1.0, max_norm / (norm + 1e-6))
 
 
 class AnalogBackend:

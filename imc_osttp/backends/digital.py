@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig
-from ..optim import clip_, make_optimizer
+from ..optim import clip_coefficient, make_optimizer
 from .base import Accumulator
 
 
@@ -43,9 +43,9 @@ class DigitalBackend:
         return Accumulator({n: self.params[n].shape for n in self.trainable}, self.params["W1"].detach())
 
     def apply(self, grads: dict[str, Tensor]) -> None:
+        coef = clip_coefficient([grads[n] for n in self.trainable], self.grad_clip)
         for name in self.trainable:
-            self.params[name].grad = grads[name].detach().to(self.params[name].dtype)
-        clip_([self.params[n].grad for n in self.trainable], self.grad_clip)
+            self.params[name].grad = grads[name].detach().to(self.params[name].dtype) * coef
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
