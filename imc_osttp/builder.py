@@ -6,8 +6,8 @@ import torch
 
 from .backends import make_backend
 from .config import RunConfig
-from .errors import ConfigError
 from .data.batching import TaskData
+from .errors import ConfigError
 from .network import SNUNet, init_feedback, init_parameters, trainable_names
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
