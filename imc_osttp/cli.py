@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audio import add_encode_audio_parser
 
     add_encode_audio_parser(sub)
+    from .sweep.cli import add_sweep_parsers
+
+    add_sweep_parsers(sub)
     return parser
 
 
