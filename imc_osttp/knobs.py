@@ -180,15 +180,20 @@ def ideal(name: str) -> KnobValue | None:
     return 0.0 if name in SPEC_KNOBS else KNOBS[name].ideal
 
 
+def check_name(name: str) -> None:
+    """ConfigError for an unknown knob, naming the closest one and listing the valid ones."""
+    if name not in KNOBS and name not in SPEC_KNOBS:
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = (" (varied by a sweep axis, not a knob)" if name in SWEEP_AXES
+                else f"; did you mean '{close[0]}'?" if close else "")
+        raise ConfigError(f"knob '{name}': unknown{hint}; valid knobs: {', '.join(names())}")
+
+
 def check_knobs(knobs: Mapping[str, Any]) -> dict[str, KnobValue]:
     """Validated knob values, converted to each knob's type (so 0 and 0.0 are the same setting)."""
     out: dict[str, KnobValue] = {}
     for name, value in knobs.items():
-        if name not in KNOBS and name not in SPEC_KNOBS:
-            close = difflib.get_close_matches(name, names(), n=1)
-            hint = (" (varied by a sweep axis, not a knob)" if name in SWEEP_AXES
-                    else f"; did you mean '{close[0]}'?" if close else "")
-            raise ConfigError(f"knob '{name}': unknown{hint}; valid knobs: {', '.join(names())}")
+        check_name(name)
         kind, minimum = (KNOBS[name].kind, KNOBS[name].minimum) if name in KNOBS else (float, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 kind is int and float(value) != int(value)):
