@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from imc_osttp.cli import main
-from imc_osttp.errors import ConfigError
+from imc_osttp.errors import ConfigError, UserError
 from imc_osttp.sweep import figures, store
 from imc_osttp.sweep.run import run_sweep
 from imc_osttp.sweep.spec import expand, load_sweep, parse_sweep
@@ -178,6 +179,17 @@ def test_interrupted_sweep_keeps_its_finished_point_and_a_rerun_trains_only_the_
     assert mlf.get_run(stale.info.run_id).info.status == "KILLED"
     finished = [(c.data.tags["point_id"], c.data.tags["seed"]) for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 4 and len(set(finished)) == 4  # no FINISHED pair twice
+
+
+def test_a_sweep_whose_driver_is_alive_is_not_run_twice(jsb_path, store_uri):
+    spec = parse_sweep(digital_sweep(jsb_path, "busy", seeds=[0]))
+    run_sweep(spec, workers=1, progress=False)
+    (parent,), _ = runs_of(store_uri, "busy")
+    mlf = mlflow.MlflowClient(store_uri)
+    mlf.set_tag(parent.info.run_id, store.TAG_PID, str(os.getppid()))  # a live process on this machine
+    mlf.update_run(parent.info.run_id, status="RUNNING")
+    with pytest.raises(UserError, match=f"being run by process {os.getppid()}"):
+        run_sweep(spec, workers=1, progress=False)
 
 
 def test_a_crashing_point_is_failed_with_its_error_and_the_others_finish(tmp_path, jsb_path, store_uri):
