@@ -56,6 +56,8 @@ def open_parent(mlf, experiment_id: str, spec: SweepSpec, sweep_hash: str) -> st
         mlf.log_dict(run.info.run_id, spec.model_dump(mode="json"), "sweep.yaml")
         return run.info.run_id
     _check_no_live_driver(run)
+    if "error" in run.data.tags:  # of an earlier attempt; this one ends with its own status
+        mlf.delete_tag(run.info.run_id, "error")
     for key, value in tags.items():
         mlf.set_tag(run.info.run_id, key, value)
     mlf.update_run(run.info.run_id, status="RUNNING")
