@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .data.batching import Split
+from .data.batching import Split, TaskData
 
 EPS = 1e-7
 
@@ -31,3 +31,10 @@ def frequency_nll(train: Split, test: Split) -> float:
 
 def reference_lines(train: Split, test: Split, keys: int) -> dict[str, float]:
     return {"random": random_nll(keys), "no_context": frequency_nll(train, test)}
+
+
+def task_references(data: TaskData) -> dict[str, float]:
+    """The lines every report shows: random and no-context NLL (multilabel), or chance accuracy."""
+    if data.kind == "classification":
+        return {"chance": 1.0 / data.n_out}
+    return reference_lines(data.train, data.test, data.n_out)

@@ -6,7 +6,7 @@ import pandas as pd
 
 from .data import load_task
 from .figures import learning_curves
-from .metrics import reference_lines
+from .metrics import task_references
 from .study import StudyConfig, study_paths
 from .tracking import tracking_uri
 
@@ -14,10 +14,7 @@ from .tracking import tracking_uri
 def references(study: StudyConfig) -> dict[str, float]:
     """Reference lines computed from the study's data: random and no-context NLL, or chance accuracy."""
     cfg = study.run_config(next(iter(study.variants)), study.seeds[0])
-    data = load_task(cfg.data)
-    if data.kind == "classification":
-        return {"chance": 1.0 / data.n_out}
-    return reference_lines(data.train, data.test, data.n_out)
+    return task_references(load_task(cfg.data))
 
 
 def summary_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

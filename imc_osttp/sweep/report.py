@@ -120,7 +120,7 @@ def references(mlf, run_id: str) -> dict[str, float]:
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as progress_bar
 
     from ..data import load_task
-    from ..metrics import reference_lines
+    from ..metrics import task_references
 
     before = progress_bar.get_raw()
     progress_bar.set("false")
@@ -136,9 +136,7 @@ def references(mlf, run_id: str) -> dict[str, float]:
         data = load_task(cfg.data)
     except UserError:  # the data is not on this machine: no reference lines
         return {}
-    if data.kind == "classification":
-        return {"chance": 1.0 / data.n_out}
-    return reference_lines(data.train, data.test, data.n_out)
+    return task_references(data)
 
 
 def format_points(points: pd.DataFrame, axes: list[str], metric: str, refs: dict[str, float]) -> str:
