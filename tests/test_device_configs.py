@@ -14,7 +14,7 @@ from aihwkit.simulator.presets import PCMPreset  # noqa: E402
 from imc_osttp import device_configs  # noqa: E402
 from imc_osttp.errors import ConfigError  # noqa: E402
 
-SHIPPED = ["ideal", "pcm_preset", "pcm_4device", "pcm_mixed_precision", "constant_step",
+SHIPPED = ["ideal", "pcm_preset", "pcm_4device", "pcm_4device_naive", "pcm_4device_scaled", "constant_step",
            "feedback_programmed"]
 
 
