@@ -88,3 +88,12 @@ def test_download_verifies_checksum_into_cache(tmp_path, monkeypatch):
     unreachable = RemoteFile("z.json", (tmp_path / "absent.json").as_uri(), None)
     with pytest.raises(DataError, match="download from .* failed"):
         locate(unreachable)
+
+
+def test_configured_path_never_falls_back_to_other_places(tmp_path, monkeypatch):
+    d = tmp_path / "env"
+    d.mkdir()
+    write_json(d / JSB_FILE.name)
+    monkeypatch.setenv("IMC_OSTTP_DATA", str(d))
+    with pytest.raises(DataError, match="not found at"):
+        load_jsb(str(tmp_path / "typo.json"))

@@ -66,11 +66,11 @@ def download(remote: RemoteFile, dest: Path) -> Path:
 
 
 def candidates(remote: RemoteFile, configured: str | None) -> list[Path]:
-    """The places we look, in order."""
+    """The places we look, in order. A configured path is the user's explicit choice: only it is searched."""
     places: list[Path] = []
     if configured:
         p = Path(configured).expanduser()
-        places += [p] if p.suffix else [p / remote.name, p / remote.subdir / remote.name]
+        return [p] if p.suffix else [p / remote.name, p / remote.subdir / remote.name]
     if os.environ.get(ENV_VAR):
         root = Path(os.environ[ENV_VAR]).expanduser()
         places += [root / remote.name, root / remote.subdir / remote.name]
