@@ -87,7 +87,7 @@ def call_row(shape: tuple[int, int], batch: int, configs: list[str]) -> dict[str
     out = {"matmul": per_call(lambda: x @ w), "torch update": per_call(lambda: w.addmm_(left.T, right, alpha=-1e-9))}
     pulses = {}
     for name in configs:
-        tile = PulsedTile(w, device_configs.load_spec(name), torch.Generator().manual_seed(1))
+        tile = PulsedTile(w, device_configs.load_spec(name), torch.Generator().manual_seed(1), seed=1)
         alpha = tile.tile.get_mapping_scales()
         alpha = 1.0 if alpha is None else float(alpha.mean())
         lr = PULSE_RATE * alpha * (tile.step or 0.01) / float(grad.abs().mean())

@@ -30,8 +30,8 @@ rpu_config:
 """
 
 
-def make_cfg(device: str = "ideal", feedback: str = "ideal", **extra):
-    tree = {"backend": {"kind": "analog", "device_config": device, "feedback_config": feedback},
+def make_cfg(device: str = "ideal", feedback: str = "ideal", seed: int = 0, **extra):
+    tree = {"seed": seed, "backend": {"kind": "analog", "device_config": device, "feedback_config": feedback},
             "model": {"hidden": N, "recurrent": True}, "optim": {"lr": 0.05}, "data": {"task": "synthetic"}}
     for section, values in extra.items():
         tree.setdefault(section, {}).update(values)
@@ -173,7 +173,7 @@ def test_stochastic_pulse_counts_match_the_expected_value(tmp_path, boost):
     With boost, the update asks for more than BL pulses and update management clips it.
     """
     spec = device_configs.load_spec(noise_free(tmp_path))
-    tile = PulsedTile(torch.zeros(M, N), spec, torch.Generator())
+    tile = PulsedTile(torch.zeros(M, N), spec, torch.Generator(), seed=1)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, M, generator=g)
     sign = torch.where(torch.rand(N, generator=g) < 0.5, -1.0, 1.0)  # one direction per cell
@@ -224,7 +224,7 @@ def test_pcm_tiles_count_pulses_for_every_trainable_tile():
 def test_baseline_raises_both_devices_and_keeps_the_weights():
     spec = device_configs.load_spec("pcm_4device").model_copy(update={"baseline": 0.5})
     w = torch.rand(M, N) * 0.4 - 0.2
-    tile = PulsedTile(w, spec, torch.Generator())
+    tile = PulsedTile(w, spec, torch.Generator(), seed=1)
     hidden = tile.tile.get_hidden_parameters()
     devices = [k for k in hidden if k.startswith("hidden_weights_") and k.count("_") == 3]
     assert len(devices) == 4
@@ -235,3 +235,17 @@ def test_baseline_raises_both_devices_and_keeps_the_weights():
 def test_analog_tiles_refuse_optimizers_that_pulses_cannot_implement():
     with pytest.raises(ConfigError, match="plain SGD"):
         both_backends(make_cfg(optim={"name": "adam"}))
+
+
+def test_device_to_device_variation_follows_the_seed():
+    """aihwkit's cycle-to-cycle noise cannot be seeded, but its device-to-device variation can."""
+    def hidden(seed):
+        cfg = make_cfg("pcm_4device", "ideal", seed=seed)
+        params, B = make_params(cfg)
+        backend = AnalogBackend(cfg, params, B, trainable_names(cfg.model))
+        return backend.tiles["W1"].tile.get_hidden_parameters()
+
+    a, b, c = hidden(0), hidden(0), hidden(1)
+    varied = [k for k in a if k.startswith("dwmin_up")]
+    assert varied and all(torch.equal(a[k], b[k]) for k in varied)
+    assert any(not torch.equal(a[k], c[k]) for k in varied)

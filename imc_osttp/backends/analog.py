@@ -98,8 +98,10 @@ class AnalogAccumulator(Accumulator):
 class PulsedTile:
     """One trainable matrix (row convention [in, out]) on an aihwkit tile holding its transpose."""
 
-    def __init__(self, weight: Tensor, spec: DeviceSpec, rounding: torch.Generator) -> None:
+    def __init__(self, weight: Tensor, spec: DeviceSpec, rounding: torch.Generator, seed: int) -> None:
         rpu = copy.deepcopy(spec.rpu_config)
+        if hasattr(rpu.device, "construction_seed"):
+            rpu.device.construction_seed = seed  # device-to-device variation follows the run's seed
         if isinstance(rpu.device, DigitalRankUpdateCell):
             raise ConfigError(f"{type(rpu.device).__name__}: its transfer pulses are not observable on CPU; "
                               "use writer.policy 'exact' with rounding 'carry' for mixed precision")
@@ -253,7 +255,9 @@ class AnalogBackend:
         feedback_spec = apply_to_spec(device_configs.load_spec(cfg.backend.feedback_config), knobs, "feedback")
         rounding = generator(cfg.seed, SEED_ROUNDING)
         self.dtype = params["W1"].dtype
-        self.tiles = {n: PulsedTile(params[n], spec, rounding) for n in MATRICES if n in params}
+        # aihwkit draws device-to-device variation from construction_seed (0 would mean the clock)
+        self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=1 + 10 * cfg.seed + i)
+                      for i, n in enumerate(MATRICES) if n in params}
         self.digital = {n: torch.nn.Parameter(v.clone(), requires_grad=n in trainable)
                         for n, v in params.items() if n not in self.tiles}
         self.trainable = list(trainable)
