@@ -231,6 +231,11 @@ def apply_to_spec(spec: Any, knobs: Mapping[str, Any], role: Role) -> Any:
     if DRIFT_TIME in knobs:
         drift = check_knobs({DRIFT_TIME: knobs[DRIFT_TIME]})[DRIFT_TIME]
         update["program"] = spec.program.model_copy(update={"drift_time": drift})
+    old_dw, new_dw = current(spec, "dw_min"), current(spec.model_copy(update=update), "dw_min")
+    if spec.writer.step and old_dw and new_dw and new_dw != old_dw:
+        # the writer's pulse step is calibrated to the device: a device with another step
+        # gets the calibration scaled with it, so a dw_min sweep varies the device, not the error
+        update["writer"] = spec.writer.model_copy(update={"step": spec.writer.step * new_dw / old_dw})
     return spec.model_copy(update=update)
 
 

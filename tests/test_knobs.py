@@ -109,3 +109,13 @@ def test_ideal_values_switch_every_non_ideality_off_and_current_reads_them_back(
     assert current(spec, "feedback_prog_noise") is None  # lives in B's config
     assert set(names()) >= {"dw_min", "w_noise", "drift_time", "feedback_prog_noise", "desired_bl"}
     builds(off.rpu_config)
+
+
+def test_dw_min_scales_the_writers_calibrated_step():
+    from imc_osttp import device_configs
+    from imc_osttp.knobs import apply_to_spec
+
+    spec = device_configs.load_spec("pcm_4device")
+    assert spec.writer.step
+    assert apply_to_spec(spec, {"dw_min": 0.005}, "device").writer.step == pytest.approx(spec.writer.step / 2)
+    assert apply_to_spec(spec, {"dw_min_std": 0.1}, "device").writer.step == spec.writer.step
