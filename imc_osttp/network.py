@@ -111,11 +111,13 @@ class SNUNet:
         readout and surrogate products are one batched call each for the whole chunk."""
         be, cfg = self.backend, self.cfg
         b = be.read("b1")
-        current = self._mvm("W1", x)
+        # unbind, not current[:, k]: autograd then adds one gradient per step instead of
+        # materialising a [B, K, n] zero tensor per step (quadratic in K for BPTT)
+        currents = self._mvm("W1", x).unbind(1)
         s, y = state.s, state.y
         S, Y = [], []
-        for k in range(x.shape[1]):
-            i_k = current[:, k] + be.mvm("H1", y) if cfg.recurrent else current[:, k]
+        for i_x in currents:
+            i_k = i_x + be.mvm("H1", y) if cfg.recurrent else i_x
             s = membrane(i_k, s, y, b, cfg.decay, cfg.reset)
             y = spike(s - b, cfg.surrogate) if differentiable else (s - b > 0).to(s.dtype)
             S.append(s)

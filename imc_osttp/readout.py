@@ -66,9 +66,9 @@ class LeakyReadout:
         assert state.potential is not None
         o, ybar, cbar = state.potential, state.trace, state.bias_trace
         outs, ybars, cbars = [], [], []
-        for k in range(drive.shape[1]):
-            o = self.tau * o + drive[:, k]
-            ybar = self.tau * ybar + y[:, k]
+        for d_k, y_k in zip(drive.unbind(1), y.unbind(1), strict=True):  # unbind: linear-time BPTT
+            o = self.tau * o + d_k
+            ybar = self.tau * ybar + y_k
             cbar = self.tau * cbar + 1.0
             outs.append(o)
             ybars.append(ybar)
