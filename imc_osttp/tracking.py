@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig, dump_yaml
+from .errors import UserError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAMS_PER_CALL = 100
@@ -59,12 +60,26 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
     return tags
 
 
+_checked: set[str] = set()
+
+
 def client(uri: str | None = None):
+    """An MlflowClient on the store, checked once per process so a broken store is one clear error."""
     import mlflow  # heavy: imported only when tracking is on
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri=tracking_uri(uri))
+    resolved = tracking_uri(uri)
+    try:  # the constructor creates or migrates the tables
+        mlf = mlflow.MlflowClient(tracking_uri=resolved)
+        if resolved not in _checked:
+            mlf.search_experiments(max_results=1)
+    except Exception as exc:  # sqlalchemy/alembic/mlflow errors of an unusable store
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"MLflow store {resolved} is unusable ({first}); move the file away, set "
+                        "MLFLOW_TRACKING_URI to another store, or run with tracking.enabled=false") from None
+    _checked.add(resolved)
+    return mlf
 
 
 def prepare_store(uri: str | None, experiment: str) -> str:

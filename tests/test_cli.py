@@ -104,3 +104,12 @@ def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, c
     assert len(client.search_runs([exp.experiment_id])) == 5  # 4 runs + the summary
     assert main(["study", str(path)]) == 0  # rerun: nothing left to train
     assert len(pd.read_csv(tmp_path / "results" / "mini.csv")) == 4
+
+
+def test_unusable_mlflow_store_is_one_line(tmp_path, jsb_path, monkeypatch, capsys):
+    bad = tmp_path / "broken.db"
+    bad.write_bytes(b"this is not an sqlite database" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{bad}")
+    assert main(["train", tiny_config(tmp_path, jsb_path)]) == 2
+    err = capsys.readouterr().err
+    assert "MLflow store" in err and "unusable" in err and "Traceback" not in err
