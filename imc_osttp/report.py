@@ -48,6 +48,7 @@ def report_study(study: StudyConfig, runs: pd.DataFrame) -> str:
     refs = references(study)
     learning_curves(history, metric, fig_path, f"{study.name}: {metric} per epoch (mean ± std over seeds)", refs)
     table = summary_table(runs, metric)
+    table = table.reindex([v for v in study.variants if v in table.index])  # the study file's order
     text = format_table(table, metric, refs)
     base = study.run_config(next(iter(study.variants)), study.seeds[0])
     if base.tracking.enabled:
