@@ -2,7 +2,8 @@
 # Set up imc-osttp on a fresh machine: a virtual environment at .venv with
 # torch==2.13.0 (CPU), aihwkit 1.2.0 compiled against it (cached as a wheel
 # outside the repository, so a second setup takes seconds) and this package
-# installed editable with its test and figure dependencies.
+# installed editable with its test dependencies and Ray (the optional sweep executor, so
+# that its test runs too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,5 +48,5 @@ if ! "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base" >/dev/null 2>&1; 
 fi
 
 step "installing imc-osttp (editable) and its dependencies"
-pip install -q -e ".[dev]"
+pip install -q -e ".[dev,ray]"
 "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base, imc_osttp; print('imc-osttp ready:', imc_osttp.__version__)"
