@@ -78,8 +78,8 @@ class AnalogAccumulator(Accumulator):
             super().add_outer(name, left, right)
             return
         lefts, rights = self.factors[name]
-        lefts.append(left.detach().clone())
-        rights.append(right.detach().clone())
+        lefts.append(left.detach())  # kept, not copied: see Accumulator.add_outer
+        rights.append(right.detach())
 
     def take(self, scale: float) -> dict[str, Tensor]:
         out = super().take(scale)

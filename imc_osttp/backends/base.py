@@ -35,8 +35,11 @@ class Accumulator:
         self.sums[name] += value
 
     def add_outer(self, name: str, left: Tensor, right: Tensor) -> None:
-        """Add sum_b left_b^T right_b (left [B, m], right [B, n]): a batch of rank-1 terms."""
-        self.pending[name].append((left.clone(), right.clone()))
+        """Add sum_b left_b^T right_b (left [B, m], right [B, n]): a batch of rank-1 terms.
+
+        The tensors are kept, not copied, until the next flush: callers hand over fresh
+        tensors (the online engine builds new ones every chunk) and never change them."""
+        self.pending[name].append((left, right))
         self.pending_rows[name] += left.shape[0]
         if self.pending_rows[name] >= self.CHUNK_ROWS:
             self.flush(name)
