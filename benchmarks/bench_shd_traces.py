@@ -1,19 +1,21 @@
-"""How close the exact eligibility traces of the SHD network (700 -> 450) run to memory bandwidth.
+"""How close the exact eligibility traces of the SHD network (700 -> 450, recurrent) run to their limits.
 
-Exact traces are per sample: ε_W [B, 700, 450] and, for the recurrent layer,
-ε_H [B, 450, 450]. Each step must at least read and write every trace once
-(ε ← D ε + x) and read it once more for the contraction Σ_b ε ⊙ (ψ L), so a step
-moves at least 3 × 4 B × B (m n + n n) bytes and no kernel can beat that
-traffic divided by the memory bandwidth. The benchmark times the engine's own
-`ExactTraces.advance` (not a re-implementation) with and without ε_H, converts
-the time to the bandwidth those minimum bytes imply, and divides it by the
-bandwidth of a large `copy_` on the same device: the ratio is the fraction of
-the bandwidth bound reached (1.0 = as fast as the hardware allows).
+Exact traces are per sample: ε_W [B, 700, 450] and ε_H [B, 450, 450]. The engine
+(`ExactTraces.advance`, timed here, not a re-implementation) has three regimes:
 
-The engine's unfused torch ops move about 7 trace-sized passes per step, not 3
-(mul_ and add_ read and write ε, ε ⊙ g writes a temporary that sum(0) reads back),
-so its own ceiling is a ratio of ~3/7 ≈ 0.43; a fused kernel that updates ε and
-contracts it in registers needs only 2 passes (a ratio of 1.5 against this bound).
+- per-step updates (chunks of one step, fully online): every step reads and writes
+  each trace and reads it once more for the contraction, at least 3 trace-sized passes
+  per step: memory-bound, with no GEMM to do;
+- chunks of K steps with the trace carried to the next chunk: the chunk's sum is one
+  GEMM over its B·K sample-steps (u_sᵀ G_s), plus 3 trace passes per chunk (contract
+  ε_in, then ε ← A ⊙ ε + uᵀF, a batched GEMM);
+- a sequence that fits one chunk (FSDD's 50 steps, or a last chunk): the GEMM alone;
+  no trace is ever held.
+
+Each regime's bound is the larger of its minimum bytes ÷ the copy bandwidth of the
+device and the time of its bare GEMMs (torch.mm / torch.bmm on the same shapes); the
+ratio measured ÷ bound says how far the engine is from what the hardware allows
+(1.0 = at the limit).
 
     .venv/bin/python benchmarks/bench_shd_traces.py [--device cpu|cuda] [--batch 32] [--threads 1]
 """
@@ -59,15 +61,13 @@ def copy_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
     return 2 * src.numel() * 4 / seconds
 
 
-def trace_step_time(m: int, n: int, batch: int, recurrent: bool, steps: int, device: torch.device,
-                    dtype: torch.dtype, repeats: int) -> float:
-    """Seconds per step of `ExactTraces.advance` over a chunk of `steps` steps (W1, and H1 if recurrent)."""
-    like = torch.zeros(batch, m, device=device, dtype=dtype)
-    names = ["W1", "H1"] if recurrent else ["W1"]
-    shapes = {"W1": torch.Size((m, n)), "H1": torch.Size((n, n))}
-    acc = Accumulator({name: shapes[name] for name in names}, like)
+def make_traces(m: int, n: int, batch: int, like: torch.Tensor) -> tuple[ExactTraces, Accumulator]:
+    acc = Accumulator({"W1": torch.Size((m, n)), "H1": torch.Size((n, n))}, like)
     net = SimpleNamespace(n_in=m, cfg=SimpleNamespace(hidden=n))  # all ExactTraces reads of the net
-    traces = ExactTraces(net, batch, like, acc)  # type: ignore[arg-type]
+    return ExactTraces(net, batch, like, acc), acc  # type: ignore[arg-type]
+
+
+def chunk_inputs(m: int, n: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype):
     g = torch.Generator(device=device).manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
@@ -75,13 +75,47 @@ def trace_step_time(m: int, n: int, batch: int, recurrent: bool, steps: int, dev
 
     D, c = 0.9 + 0.1 * rand(batch, steps, n), rand(batch, steps, n)
     x, y_prev = (rand(batch, steps, m) < 0.05).to(dtype), (rand(batch, steps, n) < 0.1).to(dtype)
-    signal = rand(batch, steps, n)
-    return best_time(lambda: traces.advance(D, c, x, y_prev, signal), device, repeats) / steps
+    return D, c, x, y_prev, rand(batch, steps, n)
 
 
-def min_trace_bytes(m: int, n: int, batch: int, recurrent: bool, itemsize: int) -> int:
-    """Read + write of each trace for its update, one more read for the contraction."""
-    return 3 * itemsize * batch * (m * n + (n * n if recurrent else 0))
+def regime_time(m: int, n: int, batch: int, steps: int, carry: bool, device: torch.device, dtype: torch.dtype,
+                repeats: int) -> float:
+    """Seconds per step of one `advance` over a chunk of `steps` steps (W1 and H1), flush included.
+
+    With `carry` the traces are already held (a later chunk) and are carried on; without, the
+    chunk is a whole sequence and starts from zero traces."""
+    like = torch.zeros(batch, m, device=device, dtype=dtype)
+    D, c, x, y_prev, signal = chunk_inputs(m, n, batch, steps, device, dtype)
+    traces, acc = make_traces(m, n, batch, like)
+    if carry:
+        traces.advance(D, c, x, y_prev, signal, carry=True)  # now the traces are held
+
+    def one_chunk() -> None:
+        if not carry:
+            traces.eps = dict.fromkeys(traces.eps)
+        traces.advance(D, c, x, y_prev, signal, carry=carry)
+        for name in ("W1", "H1"):
+            acc.flush(name)
+
+    return best_time(one_chunk, device, repeats) / steps
+
+
+def gemm_time(m: int, n: int, batch: int, steps: int, carry: bool, device: torch.device, dtype: torch.dtype,
+              repeats: int) -> float:
+    """Seconds per step of the bare GEMMs a chunk needs: Σ uᵀG ([m, BK] @ [BK, n]) and, with carry, the
+    batched uᵀF ([B, m, K] @ [B, K, n]), for W1 and H1."""
+    rows = batch * steps
+    mats = {k: (torch.rand(k, rows, device=device, dtype=dtype), torch.rand(rows, n, device=device, dtype=dtype),
+                torch.rand(batch, k, steps, device=device, dtype=dtype),
+                torch.rand(batch, steps, n, device=device, dtype=dtype)) for k in (m, n)}
+
+    def gemms() -> None:
+        for left, right, bleft, bright in mats.values():
+            torch.mm(left, right)
+            if carry:
+                torch.bmm(bleft, bright)
+
+    return best_time(gemms, device, repeats) / steps
 
 
 def main() -> None:
@@ -90,7 +124,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--inputs", type=int, default=700)
     ap.add_argument("--hidden", type=int, default=450)
-    ap.add_argument("--steps", type=int, default=10, help="steps per timed chunk")
+    ap.add_argument("--chunk", type=int, default=64, help="steps per chunk (the engine's CHUNK_STEPS)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--copy-mib", type=int, default=512, help="size of the bandwidth probe's buffer")
@@ -98,22 +132,28 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    m, n, B = args.inputs, args.hidden, args.batch
     itemsize = torch.tensor([], dtype=dtype).element_size()
     bandwidth = copy_bandwidth(device, args.copy_mib, args.repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} thread(s)"
-    print(f"{name}; batch {args.batch}, {args.inputs} -> {args.hidden}, {args.dtype}; "
+    print(f"{name}; batch {B}, {m} -> {n} recurrent (ε_W + ε_H), {args.dtype}; "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write of a {args.copy_mib} MiB buffer)\n")
-    print("| traces | ms per step | µs per sample-step | min MB per step | implied GB/s | "
-          "fraction of copy bandwidth | SHD epoch, traces only |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for recurrent in (False, True):
-        seconds = trace_step_time(args.inputs, args.hidden, args.batch, recurrent, args.steps, device, dtype,
-                                  args.repeats)
-        moved = min_trace_bytes(args.inputs, args.hidden, args.batch, recurrent, itemsize)
-        label = "ε_W + ε_H (recurrent)" if recurrent else "ε_W only"
-        epoch = seconds / args.batch * SHD_SAMPLE_STEPS
-        print(f"| {label} | {seconds * 1e3:.2f} | {seconds / args.batch * 1e6:.1f} | {moved / 1e6:.1f} | "
-              f"{moved / seconds / 1e9:.1f} | {moved / seconds / bandwidth:.2f} | {epoch:.0f} s |", flush=True)
+    print("| regime | µs per sample-step | bytes bound | GEMM bound | measured ÷ bound | "
+          "SHD epoch, traces only |")
+    print("|---|---:|---:|---:|---:|---:|")
+    trace_bytes = itemsize * B * (m * n + n * n)
+    regimes = [("per-step updates (chunks of 1)", 1, True, 3),
+               (f"chunks of {args.chunk}, carried", args.chunk, True, 3),
+               (f"one chunk per sequence (≤ {args.chunk} steps)", args.chunk, False, 0)]
+    for label, steps, carry, passes in regimes:
+        seconds = regime_time(m, n, B, steps, carry, device, dtype, args.repeats)
+        by_bytes = passes * trace_bytes / steps / bandwidth
+        # one step needs no GEMM: the recursion and the contraction are elementwise
+        by_gemm = gemm_time(m, n, B, steps, carry, device, dtype, args.repeats) if steps > 1 else 0.0
+        bound = max(by_bytes, by_gemm)
+        per_sample_step = seconds / B
+        print(f"| {label} | {per_sample_step * 1e6:.2f} | {by_bytes / B * 1e6:.2f} µs | {by_gemm / B * 1e6:.2f} µs | "
+              f"{seconds / bound:.1f} | {per_sample_step * SHD_SAMPLE_STEPS:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..config import RuleConfig
 from ..data.batching import Batch
-from ..network import SNUNet
+from ..network import SNUNet, shift_in
 from .traces import make_traces
 
 CHUNK_STEPS = 64  # steps per chunk when updates are applied per sequence
@@ -68,7 +68,7 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
         D, c = net.jacobian(chunk, before, exact=kind == "exact")
         err = net.readout.error(chunk.logits, y_star) * mask
         g = signal(net, err, y_star * mask) * chunk.psi  # L^t ⊙ psi^t
-        traces.advance(D, c, x, torch.cat([before.y.unsqueeze(1), chunk.y[:, :-1]], 1), g)
+        traces.advance(D, c, x, shift_in(before.y, chunk.y), g, carry=t0 + K < batch.x.shape[1])
         if "W2" in acc:
             acc.add_outer("W2", chunk.readout.trace.flatten(0, 1), err.flatten(0, 1))
         if "c2" in acc:

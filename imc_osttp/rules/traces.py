@@ -1,7 +1,9 @@
 """Eligibility traces of the SNU parameters (SPEC §2), per sample, advanced online.
 
 - exact: the membrane traces eps^{t,θ} = D^t eps^{t-1,θ} + ∂s^t/∂θ; the W trace
-  is an m×n matrix per sample because D depends on the neuron.
+  is an m×n matrix per sample because D depends on the neuron. Within a chunk
+  its contribution is summed in closed form (see `ExactTraces`), so the m×n
+  trace is touched once per chunk, not once per step.
 - factorised: D is the constant leak, so the W trace is the filtered input
   x̄ (independent of the neuron) and L⊙e is a rank-1 outer product.
 - none (DRTP): eligibility psi^t x^t, no memory of the past.
@@ -28,26 +30,74 @@ def threshold_trace(eps_b: Tensor, D: Tensor, c: Tensor) -> tuple[Tensor, Tensor
     return torch.stack(out, 1), eps_b
 
 
-class ExactTraces:
-    def __init__(self, net: SNUNet, batch: int, like: Tensor, acc: Accumulator) -> None:
-        m, n = net.n_in, net.cfg.hidden
-        self.acc = acc
-        self.eps_W = like.new_zeros(batch, m, n) if "W1" in acc else None
-        self.eps_H = like.new_zeros(batch, n, n) if "H1" in acc else None
-        self.eps_b = like.new_zeros(batch, n)
+def filtered_backward(g: Tensor, D: Tensor) -> Tensor:
+    """G_s = g_s + D_{s+1} G_{s+1} over a chunk [B, K, n], from the last step back."""
+    out = [g[:, -1]]
+    for k in range(g.shape[1] - 2, -1, -1):
+        out.append(g[:, k] + D[:, k + 1] * out[-1])
+    return torch.stack(out[::-1], 1)
 
-    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor) -> None:
-        for k in range(D.shape[1]):
-            Dk, gk = D[:, k].unsqueeze(1), g[:, k].unsqueeze(1)
-            if self.eps_W is not None:
-                self.eps_W.mul_(Dk).add_(x[:, k].unsqueeze(2))
-                self.acc.add("W1", (self.eps_W * gk).sum(0))
-            if self.eps_H is not None:
-                self.eps_H.mul_(Dk).add_(y_prev[:, k].unsqueeze(2))
-                self.acc.add("H1", (self.eps_H * gk).sum(0))
+
+def suffix_products(D: Tensor) -> Tensor:
+    """F_s = D_{s+1} ⋯ D_{K-1} (F_{K-1} = 1) over a chunk [B, K, n]: how step s's input survives to its end."""
+    tail = torch.flip(torch.cumprod(torch.flip(D[:, 1:], (1,)), 1), (1,))
+    return torch.cat([tail, torch.ones_like(D[:, :1])], 1)
+
+
+class ExactTraces:
+    """Exact diagonal traces, summed over a chunk in closed form instead of step by step.
+
+    With ε_s = D_s ε_{s-1} + u_s (u = x for W1, y^{t-1} for H1) and ε_in the trace
+    entering the chunk, the chunk's Σ_s g_s ⊙ ε_s (g = L ⊙ ψ) is
+
+        Σ_b ε_in ⊙ (Σ_s g_s A_s)  +  Σ_b Σ_s u_sᵀ G_s,   A_s = D_0 ⋯ D_s,  G_s = g_s + D_{s+1} G_{s+1},
+
+    the same sum in another order, exact in every step and parameter: one GEMM over
+    the chunk's samples and steps, plus one pass over ε_in. The trace leaving the
+    chunk, A_{K-1} ⊙ ε_in + Σ_s u_sᵀ F_s, is built only when another chunk follows.
+    So a sequence that fits one chunk never holds an m×n trace, and per-step updates
+    (chunks of one step) keep the fully online recursion.
+    """
+
+    def __init__(self, net: SNUNet, batch: int, like: Tensor, acc: Accumulator) -> None:
+        self.acc = acc
+        self.eps: dict[str, Tensor | None] = {name: None for name in ("W1", "H1") if name in acc}  # None: zero
+        self.eps_b = like.new_zeros(batch, net.cfg.hidden)
+
+    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
+        inputs = {"W1": x, "H1": y_prev}
+        if D.shape[1] == 1:
+            self._step(D[:, 0].unsqueeze(1), inputs, g[:, 0])
+        elif self.eps:
+            self._chunk(D, inputs, g, carry)
         eps_b, self.eps_b = threshold_trace(self.eps_b, D, c)
         if "b1" in self.acc:
             self.acc.add("b1", (g * (eps_b - 1.0)).sum((0, 1)))
+
+    def _step(self, D: Tensor, inputs: dict[str, Tensor], g: Tensor) -> None:
+        """One step: the online recursion ε ← D ⊙ ε + u in one fused pass, then Σ_b ε ⊙ g."""
+        for name, eps in self.eps.items():
+            u = inputs[name][:, 0].unsqueeze(2)
+            if eps is None:
+                eps = self.eps[name] = u.expand(-1, -1, D.shape[2]).contiguous()
+            else:
+                torch.addcmul(u, eps, D, out=eps)
+            self.acc.add_eligibility(name, eps, g)
+
+    def _chunk(self, D: Tensor, inputs: dict[str, Tensor], g: Tensor, carry: bool) -> None:
+        """K steps in closed form (class docstring)."""
+        G = filtered_backward(g, D).flatten(0, 1)
+        A = torch.cumprod(D, 1)
+        F = suffix_products(D) if carry else None
+        for name, eps in self.eps.items():
+            u = inputs[name]
+            if eps is not None:
+                self.acc.add_eligibility(name, eps, (g * A).sum(1))
+            self.acc.add_outer(name, u.flatten(0, 1), G)
+            if F is not None and eps is None:
+                self.eps[name] = torch.bmm(u.transpose(1, 2), F)
+            elif F is not None:
+                eps.mul_(A[:, -1].unsqueeze(1)).baddbmm_(u.transpose(1, 2), F)
 
 
 class FactorisedTraces:
@@ -69,7 +119,7 @@ class FactorisedTraces:
             out.append(last)
         return torch.stack(out, 1), last
 
-    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor) -> None:
+    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
         G = g.flatten(0, 1)
         if "W1" in self.acc:
             x_bar, self.x_bar = self.filtered(self.x_bar, x)
