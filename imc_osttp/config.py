@@ -8,6 +8,8 @@ a misspelled option never silently falls back to a default.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +130,13 @@ class RunConfig(_Strict):
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, for MLflow params and CSV columns."""
         return flatten(self.model_dump())
+
+
+def config_hash(cfg: RunConfig, exclude: dict[str, Any]) -> str:
+    """sha1 of the canonical JSON of the config less `exclude` (pydantic's nested exclude form):
+    two runs with the same hash train the same thing."""
+    data = cfg.model_dump(mode="json", exclude=exclude)
+    return hashlib.sha1(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

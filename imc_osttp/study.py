@@ -2,7 +2,9 @@
 
 Each finished run is appended to `results/<name>.csv` at once, with its
 per-epoch history in `results/<name>_history.csv`, so an interrupted study
-loses nothing and a rerun only trains what is missing.
+loses nothing and a rerun only trains what is missing. Each row carries the
+hash of the config it was trained with: when a variant is changed in the study
+file, its old rows are set aside in `<name>_stale.csv` and it is trained again.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from .config import RunConfig, _Strict, build, merge, read_yaml, set_dotted
+from .config import RunConfig, _Strict, build, config_hash, merge, read_yaml, set_dotted
 from .errors import ConfigError
 
 
@@ -69,13 +72,20 @@ def study_paths(study: StudyConfig) -> tuple[Path, Path, Path]:
     return out / f"{study.name}.csv", out / f"{study.name}_history.csv", out / f"{study.name}.png"
 
 
+def run_hash(cfg: RunConfig) -> str:
+    """What a row was trained with: the config less its labels (tracking, name), the seed (a column
+    of its own), where the data lives and how many threads ran (data.path, train.threads)."""
+    return config_hash(cfg, {"tracking": True, "name": True, "seed": True, "data": {"path"}, "train": {"threads"}})
+
+
 def summary_row(variant: str, seed: int, cfg: RunConfig, result, run_id: str | None) -> dict[str, Any]:
     best = result.best()
     last = result.history[-1] if result.history else {}
     row: dict[str, Any] = {"variant": variant, "rule": cfg.rule.name, "backend": cfg.backend.kind,
                            "device_config": cfg.backend.device_config if cfg.backend.kind == "analog" else "",
                            "seed": seed, "best_epoch": result.history.index(best) + 1 if best else 0,
-                           "epochs": len(result.history), "diverged": result.diverged, "run_id": run_id or ""}
+                           "epochs": len(result.history), "diverged": result.diverged, "run_id": run_id or "",
+                           "config_hash": run_hash(cfg)}
     for key in ("test_nll", "valid_nll", "train_nll", "test_accuracy", "spike_rate"):
         if key in best:
             row[key] = best[key]
@@ -98,13 +108,51 @@ def _run_one(variant: str, seed: int, cfg: RunConfig, parent_run_id: str | None)
     return summary_row(variant, seed, cfg, result, run_id), history
 
 
-def append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    frame = pd.DataFrame(rows)
-    if path.exists():
-        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Write through a temporary file, so an interruption never leaves half a table."""
     tmp = path.with_suffix(".tmp")
     frame.to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+def append_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame) -> None:
+    frame = pd.DataFrame(rows)
+    if path.exists():
+        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
+    write_csv(path, frame)
+
+
+def set_aside_stale(study: StudyConfig) -> set[tuple[str, int]]:
+    """The (variant, seed) runs already trained with the study's current config.
+
+    Rows of the study's runs whose config hash differs (the variant was changed, or the row predates
+    hashes) move with their history to `<name>_stale.csv` / `<name>_stale_history.csv`, so they are
+    kept but neither reused nor reported; each changed variant is named on stderr."""
+    runs_csv, hist_csv = study_paths(study)[:2]
+    if not runs_csv.exists():
+        return set()
+    prev = pd.read_csv(runs_csv)
+    current = {(v, s): run_hash(c) for v, s, c in study.runs()}
+    keys = list(zip(prev["variant"], prev["seed"], strict=True))
+    hashes = prev["config_hash"] if "config_hash" in prev else [None] * len(prev)
+    stale = [key in current and h != current[key] for key, h in zip(keys, hashes, strict=True)]
+    stale_keys = {key for key, is_stale in zip(keys, stale, strict=True) if is_stale}
+    if stale_keys:
+        out = Path(study.output_dir)
+        mask = pd.Series(stale, index=prev.index)
+        append_csv(out / f"{study.name}_stale.csv", prev[mask])
+        write_csv(runs_csv, prev[~mask])
+        if hist_csv.exists():
+            hist = pd.read_csv(hist_csv)
+            hmask = pd.Series([k in stale_keys for k in zip(hist["variant"], hist["seed"], strict=True)],
+                              index=hist.index)
+            append_csv(out / f"{study.name}_stale_history.csv", hist[hmask])
+            write_csv(hist_csv, hist[~hmask])
+        for variant in dict.fromkeys(v for v, _ in sorted(stale_keys)):
+            seeds = sorted(s for v, s in stale_keys if v == variant)
+            print(f"study {study.name}: variant '{variant}' changed since its rows were written (seeds {seeds}); "
+                  f"they move to {out / f'{study.name}_stale.csv'} and are trained again", file=sys.stderr)
+    return {key for key, is_stale in zip(keys, stale, strict=True) if not is_stale}
 
 
 def run_study(study: StudyConfig, workers: int | None = None, progress: bool = True,
@@ -112,10 +160,7 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     """Train what is missing, appending each finished run to the study's CSVs; returns all runs."""
     Path(study.output_dir).mkdir(parents=True, exist_ok=True)
     runs_csv, hist_csv = study_paths(study)[:2]
-    done = set()
-    if runs_csv.exists():
-        prev = pd.read_csv(runs_csv)
-        done = set(zip(prev["variant"], prev["seed"], strict=True))
+    done = set_aside_stale(study)
     todo = [(v, s, c) for v, s, c in study.runs() if (v, s) not in done]
     if todo and todo[0][2].tracking.enabled:
         from .tracking import prepare_store

@@ -105,6 +105,25 @@ def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, c
     assert main(["study", str(path)]) == 0  # rerun: nothing left to train
     assert len(pd.read_csv(tmp_path / "results" / "mini.csv")) == 4
 
+    # moving the data is no change; changing a variant retrains it and sets its old rows aside
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / jsb_path.name).write_bytes(jsb_path.read_bytes())
+    study["base"]["data"]["path"] = str(moved / jsb_path.name)
+    study["variants"]["osttp"]["rule.traces"] = "factorised"
+    path.write_text(yaml.safe_dump(study))
+    capsys.readouterr()
+    assert main(["study", str(path)]) == 0
+    assert "variant 'osttp' changed since its rows were written (seeds [0, 1])" in capsys.readouterr().err
+    now = pd.read_csv(tmp_path / "results" / "mini.csv")
+    stale = pd.read_csv(tmp_path / "results" / "mini_stale.csv")
+    assert sorted(zip(now["rule"], now["seed"], strict=True)) == pairs
+    assert set(now[now["rule"] == "bptt"]["run_id"]) == set(runs[runs["rule"] == "bptt"]["run_id"])
+    assert set(stale["run_id"]) == set(runs[runs["rule"] == "osttp"]["run_id"])
+    assert not set(now["run_id"]) & set(stale["run_id"])
+    history = pd.read_csv(tmp_path / "results" / "mini_history.csv")
+    assert len(history) == 4 * 2 and len(pd.read_csv(tmp_path / "results" / "mini_stale_history.csv")) == 2 * 2
+
 
 def test_unusable_mlflow_store_is_one_line(tmp_path, jsb_path, monkeypatch, capsys):
     bad = tmp_path / "broken.db"

@@ -22,7 +22,6 @@ depend on the order of the axes, on labels or on the sweep's name.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .. import knobs as knoblib
-from ..config import RuleName, RunConfig, _Strict, build, flatten, merge, read_yaml, set_dotted
+from ..config import RuleName, RunConfig, _Strict, build, config_hash, flatten, merge, read_yaml, set_dotted
 from ..errors import ConfigError
 
 KNOB_PREFIX = "backend.knobs."
@@ -240,9 +239,8 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
 
 
 def point_id(cfg: RunConfig) -> str:
-    """sha1 of the canonical JSON of the config without tracking, name and seed (labels and replicates)."""
-    data = cfg.model_dump(mode="json", exclude={"tracking", "name", "seed"})
-    return hashlib.sha1(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    """The config's hash without tracking, name and seed (labels and replicates)."""
+    return config_hash(cfg, {"tracking": True, "name": True, "seed": True})
 
 
 def sweep_hash(points: list[Point], seeds: list[int]) -> str:
