@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -80,6 +80,9 @@ class OptimConfig(_Strict):
     decay_every: int | None = Field(None, ge=1)  # epochs between learning-rate decays
     decay_factor: float = Field(0.6, gt=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
+    # per-parameter multipliers of lr, e.g. {W2: 0.001}: plain SGD (the only rule pulses can apply)
+    # needs them when one layer's gradient is orders of magnitude larger than another's
+    lr_scale: dict[Literal["W1", "H1", "b1", "W2", "c2"], Annotated[float, Field(gt=0)]] = {}
 
 
 class TrainConfig(_Strict):

@@ -7,17 +7,31 @@ import torch
 from .config import OptimConfig
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig
+def make_optimizer(params: dict[str, torch.nn.Parameter], cfg: OptimConfig
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """SGD or Adam over `params`, with optional ×decay_factor every decay_every epochs."""
+    """SGD or Adam with one group per named parameter at lr × lr_scale[name], and optional
+    ×decay_factor every decay_every epochs (applied to every group)."""
+    groups = [{"params": [p], "lr": cfg.lr * cfg.lr_scale.get(name, 1.0), "name": name}
+              for name, p in params.items()]
     if cfg.name == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=cfg.lr)
     else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     sched = None
     if cfg.decay_every:
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.decay_every, gamma=cfg.decay_factor)
     return opt, sched
+
+
+def group_lrs(opt: torch.optim.Optimizer) -> dict[str, float]:
+    """The current (scheduled) learning rate of each named parameter."""
+    return {group["name"]: group["lr"] for group in opt.param_groups}
+
+
+def base_lr(opt: torch.optim.Optimizer, cfg: OptimConfig) -> float:
+    """The scheduled lr before per-parameter scaling: what a run logs as `lr`."""
+    group = opt.param_groups[0]
+    return group["lr"] / cfg.lr_scale.get(group["name"], 1.0)
 
 
 def clip_coefficient(grads: list[torch.Tensor], max_norm: float | None) -> float:

@@ -22,7 +22,7 @@ from ..config import OptimConfig, RunConfig
 from ..device_configs import DeviceSpec
 from ..errors import ConfigError
 from ..knobs import apply_to_spec
-from ..optim import clip_coefficient, make_optimizer
+from ..optim import base_lr, clip_coefficient, group_lrs, make_optimizer
 from .base import Accumulator
 
 try:
@@ -263,10 +263,12 @@ class AnalogBackend:
         self.trainable = list(trainable)
         self.B = ProgrammedTile(feedback, feedback_spec)
         self.grad_clip = cfg.optim.grad_clip
-        # the optimizer steps the digital parameters and carries the learning-rate schedule for the tiles
-        steppable = [self.digital[n] for n in self.trainable if n in self.digital]
-        self.optimizer, self.scheduler = make_optimizer(steppable or [torch.nn.Parameter(torch.zeros(0))],
-                                                        cfg.optim)
+        # the optimizer steps the digital parameters; a tile's group holds an empty placeholder
+        # (never given a gradient) that carries the tile's scaled, scheduled learning rate
+        self.optim_cfg = cfg.optim
+        self.optimizer, self.scheduler = make_optimizer(
+            {n: self.digital[n] if n in self.digital else torch.nn.Parameter(torch.zeros(0)) for n in self.trainable},
+            cfg.optim)
         self._views: dict[str, Tensor] = {}
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
@@ -302,7 +304,7 @@ class AnalogBackend:
     def apply(self, grads: dict[str, Tensor]) -> None:
         names = [n for n in self.trainable if n in grads]
         coef = clip_coefficient([grads[n] for n in names], self.grad_clip)
-        lr = self.optimizer.param_groups[0]["lr"] * coef
+        lrs = group_lrs(self.optimizer)
         steppable = [n for n in names if n in self.digital]
         for name in steppable:
             self.digital[name].grad = grads[name].detach().to(self.dtype) * coef
@@ -311,14 +313,14 @@ class AnalogBackend:
             self.optimizer.zero_grad(set_to_none=True)
         for name in names:
             if name in self.tiles:
-                self.tiles[name].write(grads[name], lr)
+                self.tiles[name].write(grads[name], lrs[name] * coef)
         self._views = {}
 
     def end_epoch(self) -> dict[str, float]:
         """Step the schedule; lr and each trainable tile's pulses since the run began."""
         if self.scheduler is not None:
             self.scheduler.step()
-        metrics = {"lr": self.optimizer.param_groups[0]["lr"]}
+        metrics = {"lr": base_lr(self.optimizer, self.optim_cfg)}
         for name in self.trainable:
             tile = self.tiles.get(name)
             if tile is not None and tile.counter is not None:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..config import RunConfig
-from ..optim import clip_coefficient, make_optimizer
+from ..optim import base_lr, clip_coefficient, make_optimizer
 from .base import Accumulator
 
 
@@ -22,7 +22,8 @@ class DigitalBackend:
         self.trainable = list(trainable)
         self.B = feedback
         self.grad_clip = cfg.optim.grad_clip
-        self.optimizer, self.scheduler = make_optimizer([self.params[n] for n in self.trainable], cfg.optim)
+        self.optim_cfg = cfg.optim
+        self.optimizer, self.scheduler = make_optimizer({n: self.params[n] for n in self.trainable}, cfg.optim)
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
         return x @ self.params[name]
@@ -52,4 +53,4 @@ class DigitalBackend:
     def end_epoch(self) -> dict[str, float]:
         if self.scheduler is not None:
             self.scheduler.step()
-        return {"lr": self.optimizer.param_groups[0]["lr"]}
+        return {"lr": base_lr(self.optimizer, self.optim_cfg)}
