@@ -137,8 +137,9 @@ class RunConfig(_Strict):
 
 def config_hash(cfg: RunConfig, exclude: dict[str, Any]) -> str:
     """sha1 of the canonical JSON of the config less `exclude` (pydantic's nested exclude form):
-    two runs with the same hash train the same thing."""
-    data = cfg.model_dump(mode="json", exclude=exclude)
+    two runs with the same hash train the same thing. Fields at their defaults are left out, so
+    adding an option with a default keeps every earlier hash (and the results stored under it)."""
+    data = cfg.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
     return hashlib.sha1(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

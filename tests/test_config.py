@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from imc_osttp.config import load_run_config
+from imc_osttp.config import config_hash, load_run_config
 from imc_osttp.errors import ConfigError
 
 
@@ -58,3 +58,13 @@ def test_unusable_device_is_a_config_error():
         build_network(load_run_config(None, ["train.device=nonsense"]), 4, 4)
     with pytest.raises(ConfigError, match="analog backend runs on the CPU"):
         build_network(load_run_config(None, ["train.device=meta", "backend.kind=analog"]), 4, 4)
+
+
+def test_config_hash_sees_changes_but_not_defaults():
+    """Two configs that train the same thing share a hash, also when one spells out a default (so
+    options added later, with defaults, keep earlier hashes); any changed value changes it."""
+    base = config_hash(load_run_config(None), {})
+    assert config_hash(load_run_config(None, ["optim.lr_scale={}", "model.decay=0.6"]), {}) == base
+    assert config_hash(load_run_config(None, ["model.decay=0.5"]), {}) != base
+    assert config_hash(load_run_config(None, ["optim.lr_scale={W2: 0.5}"]), {}) != base
+    assert config_hash(load_run_config(None, ["name=other"]), {"name": True}) == base
