@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import torch
 
 from imc_osttp.backends.base import Accumulator
+from imc_osttp.rules.online import CHUNK_STEPS
 from imc_osttp.rules.traces import ExactTraces
 
 SHD_SAMPLE_STEPS = 8156 * 100  # one SHD epoch at shd_rules.yaml's 100 steps
@@ -124,7 +125,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--inputs", type=int, default=700)
     ap.add_argument("--hidden", type=int, default=450)
-    ap.add_argument("--chunk", type=int, default=64, help="steps per chunk (the engine's CHUNK_STEPS)")
+    ap.add_argument("--chunk", type=int, default=CHUNK_STEPS, help="steps per chunk (default: the engine's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--copy-mib", type=int, default=512, help="size of the bandwidth probe's buffer")
