@@ -17,6 +17,10 @@ device and the time of its bare GEMMs (torch.mm / torch.bmm on the same shapes);
 ratio measured ÷ bound says how far the engine is from what the hardware allows
 (1.0 = at the limit).
 
+A second table times whole updates (rule + Adam step) of shd_rules.yaml's network per rule
+on random SHD-shaped batches (100 steps, ~0.1 spikes per channel and bin) and scales them
+to one SHD training epoch (8156 recordings).
+
     .venv/bin/python benchmarks/bench_shd_traces.py [--device cpu|cuda] [--batch 32] [--threads 1]
 """
 
@@ -25,15 +29,22 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from imc_osttp.backends.base import Accumulator
+from imc_osttp.builder import build_network
+from imc_osttp.data.batching import Batch
+from imc_osttp.rules import compute_update
 from imc_osttp.rules.online import CHUNK_STEPS
 from imc_osttp.rules.traces import ExactTraces
+from imc_osttp.study import load_study
 
-SHD_SAMPLE_STEPS = 8156 * 100  # one SHD epoch at shd_rules.yaml's 100 steps
+SHD_TRAIN, SHD_STEPS, SHD_CHANNELS, SHD_CLASSES = 8156, 100, 700, 20
+SHD_SAMPLE_STEPS = SHD_TRAIN * SHD_STEPS  # one SHD epoch at shd_rules.yaml's 100 steps
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "shd_rules.yaml"
 
 
 def sync(device: torch.device) -> None:
@@ -119,6 +130,26 @@ def gemm_time(m: int, n: int, batch: int, steps: int, carry: bool, device: torch
     return best_time(gemms, device, repeats) / steps
 
 
+def update_time(variant: str, traces: str, batch: int, device: torch.device, repeats: int) -> float:
+    """Seconds of one update (rule + optimizer step) of shd_rules.yaml's `variant` on a random batch."""
+    cfg = load_study(STUDY).run_config(variant, 0)
+    cfg = cfg.model_copy(update={"rule": cfg.rule.model_copy(update={"traces": traces}),
+                                 "train": cfg.train.model_copy(update={"device": str(device)})})
+    net = build_network(cfg, SHD_CHANNELS, SHD_CLASSES)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, SHD_STEPS, SHD_CHANNELS, generator=g) < 0.1).float()
+    labels = torch.randint(0, SHD_CLASSES, (batch,), generator=g)
+    y = torch.nn.functional.one_hot(labels, SHD_CLASSES).float()[:, None].expand(-1, SHD_STEPS, -1).contiguous()
+    data = Batch(x, y, torch.ones(batch, SHD_STEPS), torch.full((batch,), SHD_STEPS), labels).to(torch.float32,
+                                                                                                   str(device))
+
+    def one_update() -> None:
+        grads, _ = compute_update(cfg.rule, net, data)
+        net.backend.apply(grads)
+
+    return best_time(one_update, device, repeats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -155,6 +186,14 @@ def main() -> None:
         per_sample_step = seconds / B
         print(f"| {label} | {per_sample_step * 1e6:.2f} | {by_bytes / B * 1e6:.2f} µs | {by_gemm / B * 1e6:.2f} µs | "
               f"{seconds / bound:.1f} | {per_sample_step * SHD_SAMPLE_STEPS:.0f} s |", flush=True)
+    print(f"\nWhole updates of shd_rules.yaml's network (700 -> 450 recurrent -> 20), batch {B}, "
+          f"{SHD_STEPS} steps:\n")
+    print("| rule | traces | s per update | SHD training epoch |")
+    print("|---|---|---:|---:|")
+    for variant, traces in (("bptt", "exact"), ("osttp", "exact"), ("osttp", "factorised")):
+        seconds = update_time(variant, traces, B, device, args.repeats)
+        print(f"| {variant} | {traces if variant != 'bptt' else '—'} | {seconds:.3f} | "
+              f"{seconds * SHD_TRAIN / B:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":

@@ -91,9 +91,9 @@ def test_ideal_dense_updates_match_digital_through_the_lr_schedule():
 
 
 def test_lr_scale_sets_each_parameters_step_on_both_backends():
-    """optim.lr_scale multiplies one parameter's SGD step, on tensors and through tile pulses alike, and the
-    schedule decays every scaled rate; the logged lr stays the unscaled one."""
-    scale = {"W2": 0.25, "H1": 2.0}
+    """optim.lr_scale multiplies one parameter's SGD step, on tensors and through tile pulses alike (0 freezes
+    it), and the schedule decays every scaled rate; the logged lr stays the unscaled one."""
+    scale = {"W2": 0.25, "H1": 2.0, "W1": 0.0}
     cfg = make_cfg(optim={"decay_every": 1, "decay_factor": 0.5, "lr_scale": scale})
     analog, digital, names = both_backends(cfg)
     for epoch, lr in enumerate((0.05, 0.025)):
@@ -101,6 +101,8 @@ def test_lr_scale_sets_each_parameters_step_on_both_backends():
         grads = random_grads(names, digital.parameters(), seed=epoch)
         analog.apply(grads)
         digital.apply(grads)
+        assert torch.equal(analog.parameters()["W1"], before["W1"]) and torch.equal(digital.parameters()["W1"],
+                                                                                     before["W1"])
         for name in names:
             step = digital.parameters()[name].detach() - before[name]
             assert rel_err(step, -lr * scale.get(name, 1.0) * grads[name]) < 1e-6, name

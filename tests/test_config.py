@@ -25,7 +25,7 @@ def test_misspelled_key_names_key_and_suggestion(tmp_path):
     ("train.batch_size=0", "train.batch_size"),
     ("model.reset=hard", "model.reset"),
     ("optim.lr_scale={W3: 0.1}", "optim.lr_scale.W3"),
-    ("optim.lr_scale={W2: 0}", "optim.lr_scale.W2"),
+    ("optim.lr_scale={W2: -1}", "optim.lr_scale.W2"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
