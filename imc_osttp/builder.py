@@ -41,7 +41,10 @@ def build_network(cfg: RunConfig, n_in: int, n_out: int) -> SNUNet:
     params = {name: value.to(device) for name, value in params.items()}
     feedback = init_feedback(n_out, cfg.model.hidden, cfg.rule.feedback_scale,
                              generator(cfg.seed, SEED_FEEDBACK), dtype).to(device)
-    backend = make_backend(cfg, params, feedback, trainable_names(cfg.model))
+    trainable = trainable_names(cfg)
+    if not trainable:
+        raise ConfigError("optim.lr_scale: every parameter is frozen (0), so nothing would train")
+    backend = make_backend(cfg, params, feedback, trainable)
     return SNUNet(cfg.model, backend, n_in, n_out)
 
 

@@ -82,7 +82,8 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     # per-parameter multipliers of lr, e.g. {W2: 0.001}: plain SGD (the only rule pulses can apply)
     # needs them when one layer's gradient is orders of magnitude larger than another's; 0 freezes
-    # a parameter (e.g. {W1: 0, H1: 0}: a fixed random reservoir, only the readout learns)
+    # a parameter, which then is not trained at all (e.g. {W1: 0, H1: 0}: a fixed random
+    # reservoir, only the readout learns)
     lr_scale: dict[Literal["W1", "H1", "b1", "W2", "c2"], Annotated[float, Field(ge=0)]] = {}
 
 

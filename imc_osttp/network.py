@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .backends.base import Backend
-from .config import ModelConfig
+from .config import ModelConfig, RunConfig
 from .neuron import SURROGATES, jacobian_diag, membrane, spike
 from .readout import Readout, ReadoutChunk, ReadoutState, make_readout
 
@@ -29,8 +29,11 @@ def param_names(cfg: ModelConfig) -> list[str]:
     return names + (["c2"] if cfg.readout_bias else [])
 
 
-def trainable_names(cfg: ModelConfig) -> list[str]:
-    return [n for n in param_names(cfg) if n != "b1" or cfg.train_threshold]
+def trainable_names(cfg: RunConfig) -> list[str]:
+    """What a run trains: the model's parameters, less the thresholds unless `train_threshold`, less
+    those that `optim.lr_scale` freezes (0): those get no trace, no update and no share of grad_clip."""
+    model, scale = cfg.model, cfg.optim.lr_scale
+    return [n for n in param_names(model) if (n != "b1" or model.train_threshold) and scale.get(n, 1.0) > 0]
 
 
 def init_parameters(cfg: ModelConfig, m: int, k: int, generator: torch.Generator,

@@ -29,12 +29,9 @@ def group_lrs(opt: torch.optim.Optimizer) -> dict[str, float]:
 
 
 def base_lr(opt: torch.optim.Optimizer, cfg: OptimConfig) -> float:
-    """The scheduled lr before per-parameter scaling: what a run logs as `lr` (0 when all are frozen)."""
-    for group in opt.param_groups:
-        scale = cfg.lr_scale.get(group["name"], 1.0)
-        if scale > 0:
-            return group["lr"] / scale
-    return 0.0
+    """The scheduled lr before per-parameter scaling: what a run logs as `lr`."""
+    group = opt.param_groups[0]
+    return group["lr"] / cfg.lr_scale.get(group["name"], 1.0)
 
 
 def clip_coefficient(grads: list[torch.Tensor], max_norm: float | None) -> float:

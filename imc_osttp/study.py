@@ -108,6 +108,13 @@ def _run_one(variant: str, seed: int, cfg: RunConfig, parent_run_id: str | None)
     return summary_row(variant, seed, cfg, result, run_id), history
 
 
+KEY_TYPES = {"variant": str, "config_hash": str}  # never parsed as numbers: keys must compare as written
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=KEY_TYPES)
+
+
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     """Write through a temporary file, so an interruption never leaves half a table."""
     tmp = path.with_suffix(".tmp")
@@ -115,11 +122,28 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
     tmp.replace(path)
 
 
-def append_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame) -> None:
+def append_csv(path: Path, rows: list[dict[str, Any]] | pd.DataFrame, dedupe: bool = False) -> None:
     frame = pd.DataFrame(rows)
     if path.exists():
-        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
-    write_csv(path, frame)
+        frame = pd.concat([read_table(path), frame], ignore_index=True)
+    write_csv(path, frame.drop_duplicates() if dedupe else frame)
+
+
+def run_keys(frame: pd.DataFrame) -> list[tuple[str, int]]:
+    return list(zip(frame["variant"], frame["seed"], strict=True))
+
+
+def drop_runs(path: Path, keys: set[tuple[str, int]], moved_to: Path | None = None) -> None:
+    """Remove the rows of the (variant, seed) `keys` from a table, first copying them to `moved_to`
+    (deduplicated, so a move interrupted and redone copies nothing twice)."""
+    if not keys or not path.exists():
+        return
+    frame = read_table(path)
+    mask = pd.Series([key in keys for key in run_keys(frame)], index=frame.index, dtype=bool)
+    if mask.any():
+        if moved_to is not None:
+            append_csv(moved_to, frame[mask], dedupe=True)
+        write_csv(path, frame[~mask])
 
 
 def set_aside_stale(study: StudyConfig) -> set[tuple[str, int]]:
@@ -127,32 +151,25 @@ def set_aside_stale(study: StudyConfig) -> set[tuple[str, int]]:
 
     Rows of the study's runs whose config hash differs (the variant was changed, or the row predates
     hashes) move with their history to `<name>_stale.csv` / `<name>_stale_history.csv`, so they are
-    kept but neither reused nor reported; each changed variant is named on stderr."""
+    kept but neither reused nor reported; each changed variant is named on stderr. The history moves
+    first and the runs table last: the runs table is the record of what is done."""
     runs_csv, hist_csv = study_paths(study)[:2]
     if not runs_csv.exists():
         return set()
-    prev = pd.read_csv(runs_csv)
+    prev = read_table(runs_csv)
     current = {(v, s): run_hash(c) for v, s, c in study.runs()}
-    keys = list(zip(prev["variant"], prev["seed"], strict=True))
+    keys = run_keys(prev)
     hashes = prev["config_hash"] if "config_hash" in prev else [None] * len(prev)
-    stale = [key in current and h != current[key] for key, h in zip(keys, hashes, strict=True)]
-    stale_keys = {key for key, is_stale in zip(keys, stale, strict=True) if is_stale}
-    if stale_keys:
+    stale = {key for key, h in zip(keys, hashes, strict=True) if key in current and h != current[key]}
+    if stale:
         out = Path(study.output_dir)
-        mask = pd.Series(stale, index=prev.index)
-        append_csv(out / f"{study.name}_stale.csv", prev[mask])
-        write_csv(runs_csv, prev[~mask])
-        if hist_csv.exists():
-            hist = pd.read_csv(hist_csv)
-            hmask = pd.Series([k in stale_keys for k in zip(hist["variant"], hist["seed"], strict=True)],
-                              index=hist.index)
-            append_csv(out / f"{study.name}_stale_history.csv", hist[hmask])
-            write_csv(hist_csv, hist[~hmask])
-        for variant in dict.fromkeys(v for v, _ in sorted(stale_keys)):
-            seeds = sorted(s for v, s in stale_keys if v == variant)
+        drop_runs(hist_csv, stale, out / f"{study.name}_stale_history.csv")
+        drop_runs(runs_csv, stale, out / f"{study.name}_stale.csv")
+        for variant in dict.fromkeys(v for v, _ in sorted(stale)):
+            seeds = sorted(s for v, s in stale if v == variant)
             print(f"study {study.name}: variant '{variant}' changed since its rows were written (seeds {seeds}); "
                   f"they move to {out / f'{study.name}_stale.csv'} and are trained again", file=sys.stderr)
-    return {key for key, is_stale in zip(keys, stale, strict=True) if not is_stale}
+    return set(keys) - stale
 
 
 def run_study(study: StudyConfig, workers: int | None = None, progress: bool = True,
@@ -162,6 +179,8 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     runs_csv, hist_csv = study_paths(study)[:2]
     done = set_aside_stale(study)
     todo = [(v, s, c) for v, s, c in study.runs() if (v, s) not in done]
+    # a run interrupted between writing its history and its row left history without a row
+    drop_runs(hist_csv, {(v, s) for v, s, _ in todo})
     if todo and todo[0][2].tracking.enabled:
         from .tracking import prepare_store
 
@@ -176,8 +195,8 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
         try:
             for fut in cf.as_completed(futures):
                 row, history = fut.result()
+                append_csv(hist_csv, history)  # the history first: the row marks the run done
                 append_csv(runs_csv, [row])
-                append_csv(hist_csv, history)
                 bar.update(1)
                 bar.set_postfix(last=f"{row['variant']}/{row['seed']}")
         except BaseException:
@@ -187,4 +206,4 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     bar.close()
     if not runs_csv.exists():
         raise ConfigError(f"study {study.name}: nothing was run")
-    return pd.read_csv(runs_csv)
+    return read_table(runs_csv)

@@ -11,6 +11,7 @@ from imc_osttp import device_configs  # noqa: E402
 from imc_osttp.backends import pulses  # noqa: E402
 from imc_osttp.backends.analog import AnalogBackend, PulsedTile  # noqa: E402
 from imc_osttp.backends.digital import DigitalBackend  # noqa: E402
+from imc_osttp.builder import build_network  # noqa: E402
 from imc_osttp.config import load_run_config  # noqa: E402
 from imc_osttp.data.batching import batches  # noqa: E402
 from imc_osttp.data.synthetic import synthetic_jsb  # noqa: E402
@@ -45,7 +46,7 @@ def make_params(cfg, seed: int = 0):
 
 def both_backends(cfg):
     params, B = make_params(cfg)
-    names = trainable_names(cfg.model)
+    names = trainable_names(cfg)
     return AnalogBackend(cfg, params, B, names), DigitalBackend(cfg, params, B, names), names
 
 
@@ -92,13 +93,14 @@ def test_ideal_dense_updates_match_digital_through_the_lr_schedule():
 
 def test_lr_scale_sets_each_parameters_step_on_both_backends():
     """optim.lr_scale multiplies one parameter's SGD step, on tensors and through tile pulses alike (0 freezes
-    it), and the schedule decays every scaled rate; the logged lr stays the unscaled one."""
+    it: not trained at all), and the schedule decays every scaled rate; the logged lr stays the unscaled one."""
     scale = {"W2": 0.25, "H1": 2.0, "W1": 0.0}
     cfg = make_cfg(optim={"decay_every": 1, "decay_factor": 0.5, "lr_scale": scale})
     analog, digital, names = both_backends(cfg)
+    assert "W1" not in names
     for epoch, lr in enumerate((0.05, 0.025)):
-        before = {n: digital.parameters()[n].detach().clone() for n in names}
-        grads = random_grads(names, digital.parameters(), seed=epoch)
+        before = {n: v.detach().clone() for n, v in digital.parameters().items()}
+        grads = random_grads(["W1", *names], digital.parameters(), seed=epoch)
         analog.apply(grads)
         digital.apply(grads)
         assert torch.equal(analog.parameters()["W1"], before["W1"]) and torch.equal(digital.parameters()["W1"],
@@ -108,6 +110,21 @@ def test_lr_scale_sets_each_parameters_step_on_both_backends():
             assert rel_err(step, -lr * scale.get(name, 1.0) * grads[name]) < 1e-6, name
             assert rel_err(analog.parameters()[name], digital.parameters()[name]) < 1e-5, name
         assert analog.end_epoch()["lr"] == digital.end_epoch()["lr"] == pytest.approx(lr / 2)
+
+
+def test_frozen_tile_takes_no_pulses(tmp_path):
+    """A parameter frozen by lr_scale 0 is not written at all on a pulsed tile (no pulses, no counter),
+    while the others are; freezing everything is a config error, not an optimizer without parameters."""
+    cfg = make_cfg(noise_free(tmp_path), optim={"lr": 0.5, "lr_scale": {"W1": 0}})
+    params, B = make_params(cfg)
+    analog = AnalogBackend(cfg, params, B, trainable_names(cfg))
+    analog.apply(random_grads(trainable_names(cfg), params))
+    metrics = analog.end_epoch()
+    assert "pulses/W1" not in metrics and metrics["pulses/W2"] > 0 and metrics["pulses/H1"] > 0
+    assert torch.equal(analog.parameters()["W1"].detach(), params["W1"])
+    frozen = make_cfg(optim={"lr_scale": dict.fromkeys(["W1", "H1", "b1", "W2", "c2"], 0)})
+    with pytest.raises(ConfigError, match="every parameter is frozen"):
+        build_network(frozen, M, K)
 
 
 @pytest.mark.parametrize("traces", ["exact", "factorised"])
@@ -123,8 +140,12 @@ def test_ideal_online_rule_matches_digital(traces, timing):
         grads, _ = compute_update(cfg.rule, net, batch)
         if grads:
             backend.apply(grads)
-            if traces == "factorised" and backend is analog:
-                assert hasattr(grads["W1"], "factors")  # sent to the tile as rank-1 terms
+            if backend is analog:
+                # factorised traces reach W1/H1 as rank-1 trains; exact ones, summed backwards over the
+                # chunk, as a dense update; the readout's local gradient is always rank-1 trains
+                for name in ("W1", "H1"):
+                    assert hasattr(grads[name], "factors") == (traces == "factorised"), name
+                assert hasattr(grads["W2"], "factors")
     for name in names:
         change = digital.parameters()[name].detach() - start[name]
         assert rel_err(analog.parameters()[name].detach() - start[name], change) < 1e-5, name
@@ -212,11 +233,11 @@ def test_stochastic_pulse_counts_match_the_expected_value(tmp_path, boost):
 def test_feedback_tile_is_programmed_once_and_never_updated():
     cfg = make_cfg("pcm_4device", "feedback_programmed", optim={"lr": 0.01})
     params, B = make_params(cfg)
-    analog = AnalogBackend(cfg, params, B, trainable_names(cfg.model))
+    analog = AnalogBackend(cfg, params, B, trainable_names(cfg))
     programmed = analog.B.weight().clone()
     assert 0 < rel_err(programmed, B) < 0.3  # programming noise, not a different matrix
     for seed in range(3):
-        analog.apply(random_grads(trainable_names(cfg.model), params, seed))
+        analog.apply(random_grads(trainable_names(cfg), params, seed))
     assert torch.equal(analog.B.weight(), programmed)
     assert not any(key.startswith("pulses/B") for key in analog.end_epoch())
 
@@ -225,7 +246,7 @@ def test_knobs_reach_the_tiles_and_the_feedback_tile():
     cfg = make_cfg("pcm_4device", "feedback_programmed",
                    backend={"knobs": {"feedback_prog_noise": 0.0, "dw_min_std": 0.1}})
     params, B = make_params(cfg)
-    analog = AnalogBackend(cfg, params, B, trainable_names(cfg.model))
+    analog = AnalogBackend(cfg, params, B, trainable_names(cfg))
     assert rel_err(analog.B.weight(), B) < 1e-5
     cells = analog.tiles["W1"].tile.rpu_config.device.unit_cell_devices
     assert all(dev.dw_min_std == 0.1 for cell in cells for dev in cell.unit_cell_devices)
@@ -262,7 +283,7 @@ def test_device_to_device_variation_follows_the_seed():
     def hidden(seed):
         cfg = make_cfg("pcm_4device", "ideal", seed=seed)
         params, B = make_params(cfg)
-        backend = AnalogBackend(cfg, params, B, trainable_names(cfg.model))
+        backend = AnalogBackend(cfg, params, B, trainable_names(cfg))
         return backend.tiles["W1"].tile.get_hidden_parameters()
 
     a, b, c = hidden(0), hidden(0), hidden(1)

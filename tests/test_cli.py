@@ -105,6 +105,15 @@ def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, c
     assert main(["study", str(path)]) == 0  # rerun: nothing left to train
     assert len(pd.read_csv(tmp_path / "results" / "mini.csv")) == 4
 
+    # a run interrupted after its history but before its row is trained again, its old curve dropped
+    table = pd.read_csv(tmp_path / "results" / "mini.csv")
+    table[table["run_id"] != runs["run_id"].iloc[-1]].to_csv(tmp_path / "results" / "mini.csv", index=False)
+    assert main(["study", str(path)]) == 0
+    again = pd.read_csv(tmp_path / "results" / "mini.csv")
+    assert len(again) == 4 and runs["run_id"].iloc[-1] not in set(again["run_id"])
+    assert pd.read_csv(tmp_path / "results" / "mini_history.csv").groupby(["variant", "seed"]).size().eq(2).all()
+    runs = again
+
     # moving the data is no change; changing a variant retrains it and sets its old rows aside
     moved = tmp_path / "moved"
     moved.mkdir()

@@ -95,11 +95,12 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("rule,chunk", [("ostl", 4), ("osttp", 1), ("osttp", 4), ("osttp", 64)])
+@pytest.mark.parametrize("rule,chunk", [("ostl", 4), ("osttp", 1), ("osttp", 4), ("osttp", 5), ("osttp", 64)])
 def test_recurrent_exact_traces_follow_spec(rule: str, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine's W1/H1/b1 updates are SPEC §2's diagonal approximation, and W2's is the leaky
     readout's exact gradient. The engine sums each chunk in closed form; chunks of 1 step are the
-    online recursion, 4 make the sequences carry their traces across two boundaries, 64 hold them whole."""
+    online recursion, 4 make the sequences carry their traces across two boundaries, 5 end the
+    11-step sequence with a 1-step chunk on a carried trace, 64 hold them whole."""
     monkeypatch.setattr("imc_osttp.rules.online.CHUNK_STEPS", chunk)
     batch = class_batch(0)
     cfg, net = shd_network(rule, "model.train_threshold=true")

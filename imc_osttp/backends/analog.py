@@ -72,8 +72,8 @@ class AnalogAccumulator(Accumulator):
         self.dense_used.add(name)
         super().add_eligibility(name, trace, signal)
 
-    def add_outer(self, name: str, left: Tensor, right: Tensor) -> None:
-        if name not in self.factors:
+    def add_outer(self, name: str, left: Tensor, right: Tensor, crossbar: bool = True) -> None:
+        if name not in self.factors or not crossbar:
             self.dense_used.add(name)
             super().add_outer(name, left, right)
             return

@@ -34,10 +34,13 @@ class Accumulator:
         """Add a dense estimate of the parameter's shape."""
         self.sums[name] += value
 
-    def add_outer(self, name: str, left: Tensor, right: Tensor) -> None:
+    def add_outer(self, name: str, left: Tensor, right: Tensor, crossbar: bool = True) -> None:
         """Add sum_b left_b^T right_b (left [B, m], right [B, n]): a batch of rank-1 terms.
 
-        The tensors are kept, not copied, until the next flush: callers hand over fresh
+        `crossbar=False` marks terms that are only a way to compute the sum (exact traces
+        summed backwards over a chunk: right_b holds later steps' signals), which a crossbar
+        could not apply as they arrive; an analog backend then writes their sum as a dense
+        update. The tensors are kept, not copied, until the next flush: callers hand over fresh
         tensors (the online engine builds new ones every chunk) and never change them."""
         self.pending[name].append((left, right))
         self.pending_rows[name] += left.shape[0]

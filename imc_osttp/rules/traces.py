@@ -56,7 +56,8 @@ class ExactTraces:
     the chunk's samples and steps, plus one pass over ε_in. The trace leaving the
     chunk, A_{K-1} ⊙ ε_in + Σ_s u_sᵀ F_s, is built only when another chunk follows.
     So a sequence that fits one chunk never holds an m×n trace, and per-step updates
-    (chunks of one step) keep the fully online recursion.
+    (chunks of one step) keep the fully online recursion. The u_sᵀ G_s are no crossbar
+    update (G_s holds later steps' signals): an analog backend writes their sum densely.
     """
 
     def __init__(self, net: SNUNet, batch: int, like: Tensor, acc: Accumulator) -> None:
@@ -93,7 +94,7 @@ class ExactTraces:
             u = inputs[name]
             if eps is not None:
                 self.acc.add_eligibility(name, eps, (g * A).sum(1))
-            self.acc.add_outer(name, u.flatten(0, 1), G)
+            self.acc.add_outer(name, u.flatten(0, 1), G, crossbar=False)  # G_s needs later steps
             if F is not None and eps is None:
                 self.eps[name] = torch.bmm(u.transpose(1, 2), F)
             elif F is not None:
