@@ -7,7 +7,7 @@ import pandas as pd
 from .data import load_task
 from .figures import learning_curves
 from .metrics import task_references
-from .study import StudyConfig, read_table, study_paths
+from .study import StudyConfig, current_rows, read_table, study_paths
 from .tracking import tracking_uri
 
 
@@ -43,7 +43,7 @@ def format_table(table: pd.DataFrame, metric: str, refs: dict[str, float]) -> st
 def report_study(study: StudyConfig, runs: pd.DataFrame) -> str:
     """Write the figure, log table and figure to MLflow, and return the printable table."""
     runs_csv, hist_csv, fig_path = study_paths(study)
-    history = read_table(hist_csv)
+    history = current_rows(study, read_table(hist_csv))
     metric = "test_nll" if "test_nll" in runs else "test_accuracy"
     refs = references(study)
     learning_curves(history, metric, fig_path, f"{study.name}: {metric} per epoch (mean ± std over seeds)", refs)

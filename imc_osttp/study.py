@@ -133,6 +133,13 @@ def run_keys(frame: pd.DataFrame) -> list[tuple[str, int]]:
     return list(zip(frame["variant"], frame["seed"], strict=True))
 
 
+def current_rows(study: StudyConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the study's own (variant, seed) runs: a table may still hold variants or seeds
+    since removed from the study file, which its report must not average in."""
+    keys = {(v, s) for v in study.variants for s in study.seeds}
+    return frame[[key in keys for key in run_keys(frame)]]
+
+
 def drop_runs(path: Path, keys: set[tuple[str, int]], moved_to: Path | None = None) -> None:
     """Remove the rows of the (variant, seed) `keys` from a table, first copying them to `moved_to`
     (deduplicated, so a move interrupted and redone copies nothing twice)."""
@@ -174,7 +181,7 @@ def set_aside_stale(study: StudyConfig) -> set[tuple[str, int]]:
 
 def run_study(study: StudyConfig, workers: int | None = None, progress: bool = True,
               parent_run_id: str | None = None) -> pd.DataFrame:
-    """Train what is missing, appending each finished run to the study's CSVs; returns all runs."""
+    """Train what is missing, appending each finished run to the study's CSVs; returns the study's runs."""
     Path(study.output_dir).mkdir(parents=True, exist_ok=True)
     runs_csv, hist_csv = study_paths(study)[:2]
     done = set_aside_stale(study)
@@ -206,4 +213,4 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     bar.close()
     if not runs_csv.exists():
         raise ConfigError(f"study {study.name}: nothing was run")
-    return read_table(runs_csv)
+    return current_rows(study, read_table(runs_csv))

@@ -133,6 +133,15 @@ def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, c
     history = pd.read_csv(tmp_path / "results" / "mini_history.csv")
     assert len(history) == 4 * 2 and len(pd.read_csv(tmp_path / "results" / "mini_stale_history.csv")) == 2 * 2
 
+    # a seed removed from the study file stays in its table but leaves its report
+    study["seeds"] = [0]
+    path.write_text(yaml.safe_dump(study))
+    capsys.readouterr()
+    assert main(["study", str(path)]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("bptt", "osttp"))]
+    assert [(row[0], row[3]) for row in table] == [("bptt", "1"), ("osttp", "1")]
+    assert len(pd.read_csv(tmp_path / "results" / "mini.csv")) == 4
+
 
 def test_unusable_mlflow_store_is_one_line(tmp_path, jsb_path, monkeypatch, capsys):
     bad = tmp_path / "broken.db"
