@@ -262,15 +262,27 @@ def test_pcm_tiles_count_pulses_for_every_trainable_tile():
         assert 0 < metrics[f"pulses/{name}_max_device"] <= metrics[f"pulses/{name}"]
 
 
-def test_baseline_raises_both_devices_and_keeps_the_weights():
+@pytest.mark.parametrize("seed", [0, 172])
+def test_baseline_raises_both_devices_and_keeps_the_weights(seed):
+    """Both devices of a pair rise by the baseline, or by what the fuller one's bound allows, never past
+    it: the weights are kept exactly. With construction seed 1, seed 172 puts a near-largest weight on a
+    device whose bound leaves less than the baseline (a clipped rise would move that weight by 0.02)."""
     spec = device_configs.load_spec("pcm_4device").model_copy(update={"baseline": 0.5})
-    w = torch.rand(M, N) * 0.4 - 0.2
+    w = torch.rand(M, N, generator=torch.Generator().manual_seed(seed)) * 0.4 - 0.2
+    plain = PulsedTile(w, spec.model_copy(update={"baseline": None}), torch.Generator(), seed=1)
     tile = PulsedTile(w, spec, torch.Generator(), seed=1)
-    hidden = tile.tile.get_hidden_parameters()
+    before, hidden = plain.tile.get_hidden_parameters(), tile.tile.get_hidden_parameters()
     devices = [k for k in hidden if k.startswith("hidden_weights_") and k.count("_") == 3]
     assert len(devices) == 4
-    assert all(float(hidden[k].min()) >= 0.5 for k in devices)
     assert torch.allclose(tile.weight(), w, atol=1e-6)
+    for pair in (["hidden_weights_0_0", "hidden_weights_1_0"], ["hidden_weights_0_1", "hidden_weights_1_1"]):
+        rise = [hidden[k] - before[k] for k in pair]
+        assert torch.allclose(rise[0], rise[1], atol=1e-6)  # the pair's difference, hence W, is kept
+        assert float(rise[0].max()) == pytest.approx(0.5, abs=1e-6)
+        for k in pair:
+            assert bool((hidden[k] <= hidden[k.replace("hidden_weights", "max_bound")] + 1e-6).all())
+    limited = any(float((hidden[k] - before[k]).min()) < 0.5 - 1e-3 for k in devices)
+    assert limited == (seed == 172)
 
 
 def test_analog_tiles_refuse_optimizers_that_pulses_cannot_implement():

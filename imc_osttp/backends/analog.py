@@ -201,15 +201,22 @@ class PulsedTile:
 
 
 def set_baseline(tile, device, g0: float) -> None:
-    """Raise both devices of every pair by g0 (W unchanged): pulses start on the flatter part of the curve."""
+    """Raise both devices of every pair by the same amount, g0 or what the fuller device's bound still
+    allows, so W is unchanged: pulses start on the flatter part of the curve."""
     if not pulses.has_pairs(device):
         raise ConfigError(f"baseline: {type(device).__name__} has no differential pairs")
     hidden = tile.get_hidden_parameters()
     names = [k for k in hidden if k.startswith("hidden_weights_") and k[15:].replace("_", "").isdigit()]
     depth = max(k.count("_") for k in names)
+    pairs: dict[str, list[str]] = {}
     for name in (k for k in names if k.count("_") == depth):
-        bound = hidden[name.replace("hidden_weights", "max_bound")]
-        hidden[name] = torch.minimum(hidden[name] + g0, bound)
+        # hidden_weights_{0|1}[_k]: the first index picks the device of pair k (a vector cell's k-th pair)
+        pairs.setdefault(name[len("hidden_weights_") + 1:], []).append(name)
+    for members in pairs.values():
+        room = torch.stack([hidden[n.replace("hidden_weights", "max_bound")] - hidden[n] for n in members]).amin(0)
+        raise_by = room.clamp(min=0.0, max=g0)
+        for name in members:
+            hidden[name] = hidden[name] + raise_by
     tile.set_hidden_parameters(hidden)
 
 
