@@ -11,7 +11,8 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], cfg: OptimConfig
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """SGD or Adam with one group per named parameter at lr × lr_scale[name], and optional
     ×decay_factor every decay_every epochs (applied to every group)."""
-    groups = [{"params": [p], "lr": cfg.lr * cfg.lr_scale.get(name, 1.0), "name": name}
+    scales = {name: cfg.lr_scale.get(name, 1.0) for name in params}
+    groups = [{"params": [p], "lr": cfg.lr * scales[name], "name": name, "lr_scale": scales[name]}
               for name, p in params.items()]
     if cfg.name == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=cfg.lr)
@@ -28,10 +29,10 @@ def group_lrs(opt: torch.optim.Optimizer) -> dict[str, float]:
     return {group["name"]: group["lr"] for group in opt.param_groups}
 
 
-def base_lr(opt: torch.optim.Optimizer, cfg: OptimConfig) -> float:
+def base_lr(opt: torch.optim.Optimizer) -> float:
     """The scheduled lr before per-parameter scaling: what a run logs as `lr`."""
     group = opt.param_groups[0]
-    return group["lr"] / cfg.lr_scale.get(group["name"], 1.0)
+    return group["lr"] / group["lr_scale"]
 
 
 def clip_coefficient(grads: list[torch.Tensor], max_norm: float | None) -> float:

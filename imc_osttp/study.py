@@ -153,8 +153,8 @@ def drop_runs(path: Path, keys: set[tuple[str, int]], moved_to: Path | None = No
         write_csv(path, frame[~mask])
 
 
-def set_aside_stale(study: StudyConfig) -> set[tuple[str, int]]:
-    """The (variant, seed) runs already trained with the study's current config.
+def set_aside_stale(study: StudyConfig, runs: list[tuple[str, int, RunConfig]]) -> set[tuple[str, int]]:
+    """The (variant, seed) runs already trained with the study's current config (`runs`: study.runs()).
 
     Rows of the study's runs whose config hash differs (the variant was changed, or the row predates
     hashes) move with their history to `<name>_stale.csv` / `<name>_stale_history.csv`, so they are
@@ -164,7 +164,7 @@ def set_aside_stale(study: StudyConfig) -> set[tuple[str, int]]:
     if not runs_csv.exists():
         return set()
     prev = read_table(runs_csv)
-    current = {(v, s): run_hash(c) for v, s, c in study.runs()}
+    current = {(v, s): run_hash(c) for v, s, c in runs}
     keys = run_keys(prev)
     hashes = prev["config_hash"] if "config_hash" in prev else [None] * len(prev)
     stale = {key for key, h in zip(keys, hashes, strict=True) if key in current and h != current[key]}
@@ -184,8 +184,9 @@ def run_study(study: StudyConfig, workers: int | None = None, progress: bool = T
     """Train what is missing, appending each finished run to the study's CSVs; returns the study's runs."""
     Path(study.output_dir).mkdir(parents=True, exist_ok=True)
     runs_csv, hist_csv = study_paths(study)[:2]
-    done = set_aside_stale(study)
-    todo = [(v, s, c) for v, s, c in study.runs() if (v, s) not in done]
+    runs = study.runs()
+    done = set_aside_stale(study, runs)
+    todo = [(v, s, c) for v, s, c in runs if (v, s) not in done]
     # a run interrupted between writing its history and its row left history without a row
     drop_runs(hist_csv, {(v, s) for v, s, _ in todo})
     if todo and todo[0][2].tracking.enabled:

@@ -272,7 +272,6 @@ class AnalogBackend:
         self.grad_clip = cfg.optim.grad_clip
         # the optimizer steps the digital parameters; a tile's group holds an empty placeholder
         # (never given a gradient) that carries the tile's scaled, scheduled learning rate
-        self.optim_cfg = cfg.optim
         self.optimizer, self.scheduler = make_optimizer(
             {n: self.digital[n] if n in self.digital else torch.nn.Parameter(torch.zeros(0)) for n in self.trainable},
             cfg.optim)
@@ -327,7 +326,7 @@ class AnalogBackend:
         """Step the schedule; lr and each trainable tile's pulses since the run began."""
         if self.scheduler is not None:
             self.scheduler.step()
-        metrics = {"lr": base_lr(self.optimizer, self.optim_cfg)}
+        metrics = {"lr": base_lr(self.optimizer)}
         for name in self.trainable:
             tile = self.tiles.get(name)
             if tile is not None and tile.counter is not None:

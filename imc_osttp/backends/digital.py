@@ -22,7 +22,6 @@ class DigitalBackend:
         self.trainable = list(trainable)
         self.B = feedback
         self.grad_clip = cfg.optim.grad_clip
-        self.optim_cfg = cfg.optim
         self.optimizer, self.scheduler = make_optimizer({n: self.params[n] for n in self.trainable}, cfg.optim)
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
@@ -53,4 +52,4 @@ class DigitalBackend:
     def end_epoch(self) -> dict[str, float]:
         if self.scheduler is not None:
             self.scheduler.step()
-        return {"lr": base_lr(self.optimizer, self.optim_cfg)}
+        return {"lr": base_lr(self.optimizer)}

@@ -21,27 +21,14 @@ from ..backends.base import Accumulator
 from ..network import SNUNet
 
 
-def threshold_trace(eps_b: Tensor, D: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """eps_b^t = D^t eps_b^{t-1} + c^t over a chunk: ([B, K, n] per step, last value)."""
+def scan(state: Tensor, coef: Tensor | float, drive: Tensor) -> tuple[Tensor, Tensor]:
+    """state^k = coef^k ⊙ state^{k-1} + drive^k over a chunk [B, K, n] (coef per step, or one number):
+    every trace here is this first-order recursion. Returns ([B, K, n] per step, last state)."""
     out = []
-    for k in range(D.shape[1]):
-        eps_b = D[:, k] * eps_b + c[:, k]
-        out.append(eps_b)
-    return torch.stack(out, 1), eps_b
-
-
-def filtered_backward(g: Tensor, D: Tensor) -> Tensor:
-    """G_s = g_s + D_{s+1} G_{s+1} over a chunk [B, K, n], from the last step back."""
-    out = [g[:, -1]]
-    for k in range(g.shape[1] - 2, -1, -1):
-        out.append(g[:, k] + D[:, k + 1] * out[-1])
-    return torch.stack(out[::-1], 1)
-
-
-def suffix_products(D: Tensor) -> Tensor:
-    """F_s = D_{s+1} ⋯ D_{K-1} (F_{K-1} = 1) over a chunk [B, K, n]: how step s's input survives to its end."""
-    tail = torch.flip(torch.cumprod(torch.flip(D[:, 1:], (1,)), 1), (1,))
-    return torch.cat([tail, torch.ones_like(D[:, :1])], 1)
+    for k in range(drive.shape[1]):
+        state = (coef[:, k] if isinstance(coef, Tensor) else coef) * state + drive[:, k]
+        out.append(state)
+    return torch.stack(out, 1), state
 
 
 class ExactTraces:
@@ -71,7 +58,7 @@ class ExactTraces:
             self._step(D[:, 0].unsqueeze(1), inputs, g[:, 0])
         elif self.eps:
             self._chunk(D, inputs, g, carry)
-        eps_b, self.eps_b = threshold_trace(self.eps_b, D, c)
+        eps_b, self.eps_b = scan(self.eps_b, D, c)
         if "b1" in self.acc:
             self.acc.add("b1", (g * (eps_b - 1.0)).sum((0, 1)))
 
@@ -87,13 +74,18 @@ class ExactTraces:
 
     def _chunk(self, D: Tensor, inputs: dict[str, Tensor], g: Tensor, carry: bool) -> None:
         """K steps in closed form (class docstring)."""
-        G = filtered_backward(g, D).flatten(0, 1)
-        A = torch.cumprod(D, 1)
-        F = suffix_products(D) if carry else None
+        # D_{s+1} from the chunk's last step back: G_s = g_s + D_{s+1} G_{s+1} is the scan run
+        # backwards, and F_s = D_{s+1} ⋯ D_{K-1} its running product
+        later = torch.flip(torch.cat([D[:, 1:], torch.ones_like(D[:, :1])], 1), (1,))
+        G = torch.flip(scan(torch.zeros_like(g[:, 0]), later, torch.flip(g, (1,)))[0], (1,)).flatten(0, 1)
+        F = torch.flip(torch.cumprod(later, 1), (1,)) if carry else None
+        held = any(eps is not None for eps in self.eps.values())
+        A = torch.cumprod(D, 1) if held else None
+        gA = (g * A).sum(1) if held else None  # Σ_s g_s A_s, shared by W1 and H1
         for name, eps in self.eps.items():
             u = inputs[name]
             if eps is not None:
-                self.acc.add_eligibility(name, eps, (g * A).sum(1))
+                self.acc.add_eligibility(name, eps, gA)
             self.acc.add_outer(name, u.flatten(0, 1), G, crossbar=False)  # G_s needs later steps
             if F is not None and eps is None:
                 self.eps[name] = torch.bmm(u.transpose(1, 2), F)
@@ -112,13 +104,7 @@ class FactorisedTraces:
         self.eps_b = like.new_zeros(batch, n)
 
     def filtered(self, last: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.decay:
-            return seq, last
-        out = []
-        for k in range(seq.shape[1]):
-            last = self.decay * last + seq[:, k]
-            out.append(last)
-        return torch.stack(out, 1), last
+        return (seq, last) if not self.decay else scan(last, self.decay, seq)
 
     def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
         G = g.flatten(0, 1)
@@ -131,7 +117,7 @@ class FactorisedTraces:
         if "b1" in self.acc:
             eps_b = torch.zeros_like(g)  # DRTP: no trace, e_b = -psi
             if self.decay:
-                eps_b, self.eps_b = threshold_trace(self.eps_b, D, c)
+                eps_b, self.eps_b = scan(self.eps_b, D, c)
             self.acc.add("b1", (g * (eps_b - 1.0)).sum((0, 1)))
 
 
