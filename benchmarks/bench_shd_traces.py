@@ -30,13 +30,13 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from imc_osttp.backends.base import Accumulator
 from imc_osttp.builder import build_network
 from imc_osttp.data.batching import Batch
+from imc_osttp.layers import LayerSpec
 from imc_osttp.rules import compute_update
 from imc_osttp.rules.online import CHUNK_STEPS
 from imc_osttp.rules.traces import ExactTraces
@@ -75,8 +75,8 @@ def copy_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
 
 def make_traces(m: int, n: int, batch: int, like: torch.Tensor) -> tuple[ExactTraces, Accumulator]:
     acc = Accumulator({"W1": torch.Size((m, n)), "H1": torch.Size((n, n))}, like)
-    net = SimpleNamespace(n_in=m, cfg=SimpleNamespace(hidden=n))  # all ExactTraces reads of the net
-    return ExactTraces(net, batch, like, acc), acc  # type: ignore[arg-type]
+    layer = LayerSpec(1, n, recurrent=True, reset="soft", decay=0.95)  # the SHD layer
+    return ExactTraces(layer, batch, like, acc), acc
 
 
 def chunk_inputs(m: int, n: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype):

@@ -2,8 +2,10 @@
 
 The cosine between a rule's update and the true gradient is the standard
 diagnostic of feedback-alignment methods (~1 for OSTL on one feed-forward
-layer, lower for OSTL-rnd, DRTP and OSTTP). `dump` writes everything a
-reader needs to check a rule against their own BPTT.
+layer, lower for OSTL-rnd, DRTP and OSTTP), reported per parameter of every
+layer. `dump` writes everything a reader needs to check a rule against their
+own BPTT: parameters, feedback matrices B_l, the batch, the layers and every
+rule's update.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ def dump(directory: Path, cfg: RunConfig, net: SNUNet, batch: Batch,
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / "params.npz",
              **{k: v.detach().cpu().numpy() for k, v in net.backend.parameters().items()})
+    B = net.backend.feedback_matrix().detach().cpu()
+    np.savez(directory / "feedback.npz",
+             **{f"B{layer.index}": b.numpy() for layer, b in zip(net.layers, net.split(B), strict=True)})
     np.savez(directory / "batch.npz", x=batch.x.cpu().numpy(), y=batch.y.cpu().numpy(),
              lengths=batch.lengths.cpu().numpy())
     meta = {"reset": cfg.model.reset, "decay": cfg.model.decay, "surrogate": cfg.model.surrogate,
             "readout": cfg.model.readout, "tau": cfg.model.tau, "traces": cfg.rule.traces,
             "recurrent": cfg.model.recurrent, "train_threshold": cfg.model.train_threshold,
+            "layers": [layer.meta() for layer in net.layers],
             "loss": "sum over valid steps of BCE summed over outputs (sigmoid) or CE (leaky), mean over batch"}
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     for rule, grads in updates.items():

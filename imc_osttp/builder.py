@@ -39,7 +39,7 @@ def build_network(cfg: RunConfig, n_in: int, n_out: int) -> SNUNet:
     dtype, device = DTYPES[cfg.train.dtype], check_device(cfg)
     params = init_parameters(cfg.model, n_in, n_out, generator(cfg.seed, SEED_PARAMS), dtype)
     params = {name: value.to(device) for name, value in params.items()}
-    feedback = init_feedback(n_out, cfg.model.hidden, cfg.rule.feedback_scale,
+    feedback = init_feedback(n_out, cfg.model.widths, cfg.rule.feedback_scale,
                              generator(cfg.seed, SEED_FEEDBACK), dtype).to(device)
     trainable = trainable_names(cfg)
     if not trainable:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .layers import LayerSpec, Reset, param_names
 
 RuleName = Literal["bptt", "ostl", "ostl_rnd", "drtp", "osttp"]
 RULES: tuple[str, ...] = ("bptt", "ostl", "ostl_rnd", "drtp", "osttp")
@@ -40,13 +42,22 @@ class DataConfig(_Strict):
     synthetic_sequences: int = Field(64, ge=1)
 
 
-class ModelConfig(_Strict):
-    """One SNU layer and its readout (SPEC §1)."""
+Decay = Annotated[float, Field(ge=0.0, le=1.0)]
+Width = Annotated[int, Field(ge=1)]
 
-    hidden: int = Field(150, ge=1)
-    recurrent: bool = False
-    reset: Literal["full", "soft"] = "full"
-    decay: float = Field(0.6, ge=0.0, le=1.0)
+
+class ModelConfig(_Strict):
+    """L hidden SNU layers and their readout (SPEC §1, §6).
+
+    `hidden` is one width or a list of widths, one per layer; `recurrent`, `reset` and `decay`
+    take one value for every layer or a list with one value per layer. An int `hidden` is the
+    single-layer network whose configs, names and hashes predate depth.
+    """
+
+    hidden: Width | Annotated[list[Width], Field(min_length=1)] = 150
+    recurrent: bool | list[bool] = False
+    reset: Reset | list[Reset] = "full"
+    decay: Decay | list[Decay] = 0.6
     surrogate: Literal["tanh", "fast_sigmoid"] = "tanh"
     threshold_init: float = 0.5
     train_threshold: bool = True
@@ -54,6 +65,35 @@ class ModelConfig(_Strict):
     readout_bias: bool = True
     tau: float = Field(0.99, ge=0.0, le=1.0)
     init_gain: float = Field(1.0, gt=0)  # multiplies the uniform ±1/sqrt(fan_in) initialisation
+
+    @property
+    def widths(self) -> list[int]:
+        return list(self.hidden) if isinstance(self.hidden, list) else [self.hidden]
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    def per_layer(self, field: str) -> list[Any]:
+        """A per-layer field as one value per hidden layer (a scalar applies to every layer)."""
+        value = getattr(self, field)
+        return list(value) if isinstance(value, list) else [value] * self.depth
+
+    def layers(self) -> list[LayerSpec]:
+        return [LayerSpec(i + 1, n, rec, reset, decay) for i, (n, rec, reset, decay) in enumerate(
+            zip(self.widths, *(self.per_layer(f) for f in PER_LAYER), strict=True))]
+
+    @model_validator(mode="after")
+    def _one_value_per_layer(self) -> ModelConfig:
+        for field in PER_LAYER:
+            value = getattr(self, field)
+            if isinstance(value, list) and len(value) != self.depth:
+                raise ValueError(f"model.{field}: {len(value)} values for {self.depth} hidden layer(s) "
+                                 f"(give one value for every layer, or a list of {self.depth})")
+        return self
+
+
+PER_LAYER = ("recurrent", "reset", "decay")
 
 
 class RuleConfig(_Strict):
@@ -84,7 +124,8 @@ class OptimConfig(_Strict):
     # needs them when one layer's gradient is orders of magnitude larger than another's; 0 freezes
     # a parameter, which then is not trained at all (e.g. {W1: 0, H1: 0}: a fixed random
     # reservoir, only the readout learns)
-    lr_scale: dict[Literal["W1", "H1", "b1", "W2", "c2"], Annotated[float, Field(ge=0)]] = {}
+    # (names per layer: W1, H1, b1, …, W{L+1}, c{L+1}; checked against the model)
+    lr_scale: dict[Annotated[str, Field(pattern=r"^[WHbc][1-9][0-9]*$")], Annotated[float, Field(ge=0)]] = {}
 
 
 class TrainConfig(_Strict):
@@ -130,6 +171,11 @@ class RunConfig(_Strict):
             raise ValueError("model.readout: the JSB task needs the 'sigmoid' readout")
         if self.data.task in ("shd", "fsdd") and self.model.readout != "leaky":
             raise ValueError(f"model.readout: the {self.data.task} task needs the 'leaky' readout")
+        names = param_names(self.model.layers(), self.model.readout_bias)
+        unknown = sorted(set(self.optim.lr_scale) - set(names))
+        if unknown:
+            raise ValueError(f"optim.lr_scale.{unknown[0]}: not a parameter of this model "
+                             f"(it has {', '.join(names)})")
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -227,6 +273,8 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str = "config") 
                 close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 lines.append(f"{key}: unknown key{hint}")
+            elif err["type"] == "value_error" and re.match(r"Value error, [a-z_]+(\.\w+)+: ", str(err["msg"])):
+                lines.append(str(err["msg"]).removeprefix("Value error, "))  # our validators name the key
             else:
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None

@@ -56,7 +56,7 @@ def evaluate(net: SNUNet, split: Split, batch_size: int, dtype: torch.dtype, kin
         if kind == "classification":
             votes = (torch.softmax(logits, -1) * batch.mask[..., None]).sum(1)
             correct += float((votes.argmax(-1) == batch.labels).sum())
-    out = {"loss": loss_sum / max(frames, 1), "spike_rate": spikes / max(frames * net.cfg.hidden, 1)}
+    out = {"loss": loss_sum / max(frames, 1), "spike_rate": spikes / max(frames * net.n_hidden, 1)}
     if kind == "classification":
         out["accuracy"] = correct / max(len(split), 1)
     else:
@@ -78,7 +78,7 @@ def train_epoch(cfg: RunConfig, net: SNUNet, split: Split, order: torch.Generato
             net.backend.apply(grads)
         loss_sum, frames, spikes = loss_sum + stats.loss_sum, frames + stats.frames, spikes + stats.spikes
         bar.set_postfix(loss=f"{loss_sum / max(frames, 1):.3f}")
-    return {"loss": loss_sum / max(frames, 1), "spike_rate": spikes / max(frames * cfg.model.hidden, 1)}
+    return {"loss": loss_sum / max(frames, 1), "spike_rate": spikes / max(frames * net.n_hidden, 1)}
 
 
 def train(cfg: RunConfig, data: TaskData, on_epoch: EpochCallback | None = None,

@@ -1,4 +1,5 @@
-"""Analog backend: W1, H1, W2 on trainable aihwkit tiles, B on a programmed tile (SPEC §5).
+"""Analog backend: every W_l, H_l and the readout's W{L+1} on trainable aihwkit tiles, the
+stacked feedback [B_1 … B_L] on one programmed tile (SPEC §5, §6).
 
 Matrix products run through the tiles (with their IO non-idealities); updates
 reach the devices only as pulses and every trainable tile counts them.
@@ -22,6 +23,7 @@ from ..config import OptimConfig, RunConfig
 from ..device_configs import DeviceSpec
 from ..errors import ConfigError
 from ..knobs import apply_to_spec
+from ..layers import matrix_slots
 from ..optim import base_lr, clip_coefficient, group_lrs, make_optimizer
 from .base import Accumulator
 
@@ -34,7 +36,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import pulses
 
-MATRICES = ("W1", "H1", "W2")
 SEED_ROUNDING = 4  # random stream of the exact writer's rounding (builder uses 1-3)
 
 
@@ -250,7 +251,11 @@ def check_optimizer(cfg: OptimConfig) -> None:
 
 
 class AnalogBackend:
-    """W1, H1, W2 on pulsed tiles, B on a programmed tile, b1 and c2 digital."""
+    """Every matrix (W_l, H_l, W{L+1}) on its own pulsed tile, thresholds and the readout bias digital.
+
+    The feedback matrices B_l [k, n_l] are one programmed tile [k, Σ n_l], the paper's second
+    chip: a single forward pass of y*^t gives every layer's learning signal at once, so no layer
+    waits for another, and every layer's B_l carries the same programming noise model."""
 
     kind = "analog"
 
@@ -262,9 +267,10 @@ class AnalogBackend:
         feedback_spec = apply_to_spec(device_configs.load_spec(cfg.backend.feedback_config), knobs, "feedback")
         rounding = generator(cfg.seed, SEED_ROUNDING)
         self.dtype = params["W1"].dtype
-        # aihwkit draws device-to-device variation from construction_seed (0 would mean the clock)
+        # aihwkit draws device-to-device variation from construction_seed (0 would mean the clock);
+        # every trainable tile is built from the same knob-applied spec, so a sweep knob reaches all
         self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=1 + 10 * cfg.seed + i)
-                      for i, n in enumerate(MATRICES) if n in params}
+                      for i, n in enumerate(matrix_slots(cfg.model.depth)) if n in params}
         self.digital = {n: torch.nn.Parameter(v.clone(), requires_grad=n in trainable)
                         for n, v in params.items() if n not in self.tiles}
         self.trainable = list(trainable)
@@ -290,6 +296,9 @@ class AnalogBackend:
 
     def feedback(self, target: Tensor) -> Tensor:
         return self.B.forward(target)
+
+    def feedback_matrix(self) -> Tensor:
+        return self.B.weight().to(self.dtype)
 
     def read(self, name: str) -> Tensor:
         return self.digital[name] if name in self.digital else self.parameters()[name].detach()

@@ -85,7 +85,10 @@ class Backend(Protocol):
         """d Wᵀ: the transposed product (OSTL's learning signal needs W2ᵀ)."""
 
     def feedback(self, target: Tensor) -> Tensor:
-        """y* B: the projected target through the fixed random matrix."""
+        """y* [B_1 … B_L]: the projected target through the stacked fixed random matrices."""
+
+    def feedback_matrix(self) -> Tensor:
+        """The stacked [B_1 … B_L] [k, Σ n_l] as held (programmed, on an analog chip)."""
 
     def read(self, name: str) -> Tensor:
         """A digital view of a parameter (thresholds, biases, the diagonal of H)."""

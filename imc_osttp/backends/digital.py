@@ -33,6 +33,9 @@ class DigitalBackend:
     def feedback(self, target: Tensor) -> Tensor:
         return target @ self.B
 
+    def feedback_matrix(self) -> Tensor:
+        return self.B
+
     def read(self, name: str) -> Tensor:
         return self.params[name]
 

@@ -1,10 +1,10 @@
 """The online rules: OSTL, OSTL-rnd, DRTP and OSTTP share one forward-in-time engine.
 
-They differ only in the hidden learning signal L^t (SPEC §3) and in the
-trace they multiply it with (exact, factorised, or none for DRTP). The
-engine walks the sequence in chunks of K steps: the network advances K steps,
-then the signals of the chunk are computed in batched products and the traces
-advance through it. Every quantity is causal, and memory is bounded by the
+They differ only in the hidden learning signal L_l^t of each layer l (SPEC §3, §6) and
+in the trace they multiply it with (exact, factorised, or none for DRTP); every layer
+keeps its own traces. The engine walks the sequence in chunks of K steps: the
+network advances K steps, then the signals of the chunk are computed in batched
+products and every layer's traces advance through it. Every quantity is causal, and memory is bounded by the
 chunk, not by T. With per-step updates K = 1 and the update is applied after
 every step, so step t+1 already runs on the changed weights.
 """
@@ -18,15 +18,16 @@ from torch import Tensor
 
 from ..config import RuleConfig
 from ..data.batching import Batch
-from ..network import SNUNet, shift_in
+from ..network import Chunk, SNUNet, shift_in
 from .traces import make_traces
 
 # steps per chunk when updates are applied per sequence: SHD's 100 steps (and FSDD's 50) fit one
 # chunk, so their exact traces are never carried (ExactTraces); memory still grows with K, not T
 CHUNK_STEPS = 128
 
-# L^t from (net, readout error p - y*, target y*), all masked to valid steps, shaped [B, K, .]
-Signal = Callable[[SNUNet, Tensor, Tensor], Tensor]
+# every hidden layer's g_l = L_l^t ⊙ ψ_l^t from (net, chunk, readout error p - y*, target y*), the error
+# and target masked to valid steps; each [B, K, n_l]
+Signal = Callable[[SNUNet, Chunk, Tensor, Tensor], list[Tensor]]
 
 
 def _batched(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
@@ -34,11 +35,41 @@ def _batched(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
     return fn(z.reshape(B * K, -1)).reshape(B, K, -1)
 
 
+def backpropagated(net: SNUNet, chunk: Chunk, err: Tensor, target: Tensor) -> list[Tensor]:
+    """OSTL (eq. 7): L_L = err W{L+1}ᵀ, then L_l = (L_{l+1} ⊙ ψ_{l+1}) W_{l+1}ᵀ, within the step.
+
+    The signal crosses layers only at the same step: the paths from layer l through the
+    future of the layers above it (their s^{t-1}, y^{t-1}) are dropped, so layer l gets the
+    exact gradient of a network whose upper layers' temporal state is detached (exact for
+    one layer, an approximation beyond). It needs every W above and waits for the readout."""
+    be = net.backend
+    signal = _batched(lambda e: be.mvm_t(net.out_w, e), err)
+    gs: list[Tensor] = []
+    for layer, lc in zip(reversed(net.layers), reversed(chunk.layers), strict=True):
+        g = signal * lc.psi
+        gs.insert(0, g)
+        if layer.index > 1:
+            signal = _batched(lambda d, name=layer.W: be.mvm_t(name, d), g)
+    return gs
+
+
+def projected(source: str) -> Signal:
+    """L_l = v B_l with v the readout error (OSTL-rnd, eq. 10) or the target (DRTP, OSTTP, eq. 11).
+    One product with the stacked [B_1 … B_L] gives every layer's signal: no layer waits for another."""
+
+    def signal(net: SNUNet, chunk: Chunk, err: Tensor, target: Tensor) -> list[Tensor]:
+        v = err if source == "error" else target
+        per_layer = net.split(_batched(net.backend.feedback, v))
+        return [L * lc.psi for L, lc in zip(per_layer, chunk.layers, strict=True)]
+
+    return signal
+
+
 SIGNALS: dict[str, Signal] = {
-    "ostl": lambda net, err, target: _batched(lambda e: net.backend.mvm_t("W2", e), err),
-    "ostl_rnd": lambda net, err, target: _batched(net.backend.feedback, err),
-    "drtp": lambda net, err, target: _batched(net.backend.feedback, target),
-    "osttp": lambda net, err, target: _batched(net.backend.feedback, target),
+    "ostl": backpropagated,
+    "ostl_rnd": projected("error"),
+    "drtp": projected("target"),
+    "osttp": projected("target"),
 }
 
 
@@ -55,7 +86,7 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
     acc = be.accumulator()
     signal = SIGNALS[rule.name]
     kind = trace_kind(rule)
-    traces = make_traces(kind, net, batch.size, batch.x, acc)
+    traces = [make_traces(kind, layer, net.fan_in(layer), batch.size, batch.x, acc) for layer in net.layers]
     state = net.init_state(batch.size, batch.x)
     per_step = rule.update_timing == "step"
     K = 1 if per_step else CHUNK_STEPS
@@ -67,16 +98,18 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
         mask = batch.mask[:, t0 : t0 + K, None]
         before = state
         chunk, state = net.run(x, before)
-        D, c = net.jacobian(chunk, before, exact=kind == "exact")
         err = net.readout.error(chunk.logits, y_star) * mask
-        g = signal(net, err, y_star * mask) * chunk.psi  # L^t ⊙ psi^t
-        traces.advance(D, c, x, shift_in(before.y, chunk.y), g, carry=t0 + K < batch.x.shape[1])
-        if "W2" in acc:
-            acc.add_outer("W2", chunk.readout.trace.flatten(0, 1), err.flatten(0, 1))
-        if "c2" in acc:
-            acc.add("c2", (err * chunk.readout.bias_trace).sum((0, 1)))
+        gs = signal(net, chunk, err, y_star * mask)
+        carry = t0 + K < batch.x.shape[1]
+        for layer, tr, lc, lb, g in zip(net.layers, traces, chunk.layers, before.layers, gs, strict=True):
+            D, c = net.jacobian(layer, lc, lb, exact=kind == "exact")
+            tr.advance(D, c, lc.x, shift_in(lb.y, lc.y), g, carry=carry)
+        if net.out_w in acc:
+            acc.add_outer(net.out_w, chunk.readout.trace.flatten(0, 1), err.flatten(0, 1))
+        if net.out_c in acc:
+            acc.add(net.out_c, (err * chunk.readout.bias_trace).sum((0, 1)))
         loss_sum += (net.readout.loss(chunk.logits, y_star) * mask[..., 0]).sum()
-        spikes += (chunk.y * mask).sum()
+        spikes += (chunk.spikes() * mask).sum()
         if per_step:
             be.apply(acc.take(scale))
     stats = BatchStats(float(loss_sum), int(batch.mask.sum()), float(spikes))

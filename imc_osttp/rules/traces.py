@@ -1,4 +1,7 @@
-"""Eligibility traces of the SNU parameters (SPEC §2), per sample, advanced online.
+"""Eligibility traces of one SNU layer's parameters (SPEC §2), per sample, advanced online.
+
+Every hidden layer keeps its own traces over its own input x_l (the spikes of the
+layer below, or the data for layer 1); nothing here looks at other layers.
 
 - exact: the membrane traces eps^{t,θ} = D^t eps^{t-1,θ} + ∂s^t/∂θ; the W trace
   is an m×n matrix per sample because D depends on the neuron. Within a chunk
@@ -18,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..backends.base import Accumulator
-from ..network import SNUNet
+from ..layers import LayerSpec
 
 
 def scan(state: Tensor, coef: Tensor | float, drive: Tensor) -> tuple[Tensor, Tensor]:
@@ -47,20 +50,20 @@ class ExactTraces:
     update (G_s holds later steps' signals): an analog backend writes their sum densely.
     """
 
-    def __init__(self, net: SNUNet, batch: int, like: Tensor, acc: Accumulator) -> None:
-        self.acc = acc
-        self.eps: dict[str, Tensor | None] = {name: None for name in ("W1", "H1") if name in acc}  # None: zero
-        self.eps_b = like.new_zeros(batch, net.cfg.hidden)
+    def __init__(self, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator) -> None:
+        self.acc, self.layer = acc, layer
+        self.eps: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
+        self.eps_b = like.new_zeros(batch, layer.n)
 
     def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
-        inputs = {"W1": x, "H1": y_prev}
+        inputs = {self.layer.W: x, self.layer.H: y_prev}
         if D.shape[1] == 1:
             self._step(D[:, 0].unsqueeze(1), inputs, g[:, 0])
         elif self.eps:
             self._chunk(D, inputs, g, carry)
         eps_b, self.eps_b = scan(self.eps_b, D, c)
-        if "b1" in self.acc:
-            self.acc.add("b1", (g * (eps_b - 1.0)).sum((0, 1)))
+        if self.layer.b in self.acc:
+            self.acc.add(self.layer.b, (g * (eps_b - 1.0)).sum((0, 1)))
 
     def _step(self, D: Tensor, inputs: dict[str, Tensor], g: Tensor) -> None:
         """One step: the online recursion ε ← D ⊙ ε + u in one fused pass, then Σ_b ε ⊙ g."""
@@ -96,33 +99,38 @@ class ExactTraces:
 class FactorisedTraces:
     """Filtered inputs x̄^t = d x̄^{t-1} + x^t; with `decay=0` this is DRTP's trace-free form."""
 
-    def __init__(self, net: SNUNet, batch: int, like: Tensor, acc: Accumulator, decay: float) -> None:
-        n = net.cfg.hidden
-        self.acc, self.decay = acc, decay
-        self.x_bar = like.new_zeros(batch, net.n_in)
-        self.y_bar = like.new_zeros(batch, n)
-        self.eps_b = like.new_zeros(batch, n)
+    def __init__(self, layer: LayerSpec, n_in: int, batch: int, like: Tensor, acc: Accumulator,
+                 decay: float) -> None:
+        self.acc, self.layer, self.decay = acc, layer, decay
+        self.x_bar = like.new_zeros(batch, n_in)
+        self.y_bar = like.new_zeros(batch, layer.n)
+        self.eps_b = like.new_zeros(batch, layer.n)
 
     def filtered(self, last: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
         return (seq, last) if not self.decay else scan(last, self.decay, seq)
 
     def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
         G = g.flatten(0, 1)
-        if "W1" in self.acc:
+        W, H, b = self.layer.W, self.layer.H, self.layer.b
+        if W in self.acc:
             x_bar, self.x_bar = self.filtered(self.x_bar, x)
-            self.acc.add_outer("W1", x_bar.flatten(0, 1), G)
-        if "H1" in self.acc:
+            self.acc.add_outer(W, x_bar.flatten(0, 1), G)
+        if H in self.acc:
             y_bar, self.y_bar = self.filtered(self.y_bar, y_prev)
-            self.acc.add_outer("H1", y_bar.flatten(0, 1), G)
-        if "b1" in self.acc:
+            self.acc.add_outer(H, y_bar.flatten(0, 1), G)
+        if b in self.acc:
             eps_b = torch.zeros_like(g)  # DRTP: no trace, e_b = -psi
             if self.decay:
                 eps_b, self.eps_b = scan(self.eps_b, D, c)
-            self.acc.add("b1", (g * (eps_b - 1.0)).sum((0, 1)))
+            self.acc.add(b, (g * (eps_b - 1.0)).sum((0, 1)))
 
 
-def make_traces(kind: str, net: SNUNet, batch: int, like: Tensor, acc: Accumulator):
+Traces = ExactTraces | FactorisedTraces
+
+
+def make_traces(kind: str, layer: LayerSpec, n_in: int, batch: int, like: Tensor, acc: Accumulator) -> Traces:
+    """One layer's traces: `exact`, `factorised` (D = the layer's leak) or `none` (DRTP: no memory)."""
     if kind == "exact":
-        return ExactTraces(net, batch, like[:, 0], acc)
-    decay = net.cfg.decay if kind == "factorised" else 0.0
-    return FactorisedTraces(net, batch, like[:, 0], acc, decay)
+        return ExactTraces(layer, batch, like, acc)
+    decay = layer.decay if kind == "factorised" else 0.0
+    return FactorisedTraces(layer, n_in, batch, like, acc, decay)
