@@ -1,10 +1,11 @@
-"""Training throughput and peak memory of every rule on the JSB network (88-150-88).
+"""Training throughput and peak memory of every rule on the JSB network (88 → 150 × depth → 88).
 
 Batch 32 of synthetic JSB-like sequences of T steps; one update (rule + optimizer
-step) per measurement, each (rule, T) in a fresh process so that its peak RSS is
-its own. Prints a Markdown table. Usage:
+step) per measurement, each (rule, depth, T) in a fresh process so that its peak RSS
+is its own. Prints a Markdown table. Usage:
 
-    .venv/bin/python benchmarks/bench_rules.py [--lengths 128 1024 8192] [--device cpu|cuda] [--threads 1]
+    .venv/bin/python benchmarks/bench_rules.py [--lengths 128 1024 8192] [--depths 1 2 4]
+                                               [--device cpu|cuda] [--threads 1]
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ VARIANTS = [("bptt", "exact"), ("ostl", "exact"), ("ostl_rnd", "exact"), ("drtp"
             ("osttp", "exact"), ("osttp", "factorised")]
 
 
-def measure(rule: str, traces: str, T: int, batch: int, device: str, threads: int, repeats: int) -> dict:
+def measure(rule: str, traces: str, depth: int, T: int, batch: int, device: str, threads: int,
+            repeats: int) -> dict:
     """Runs in the child process."""
     import torch
 
@@ -32,7 +34,7 @@ def measure(rule: str, traces: str, T: int, batch: int, device: str, threads: in
     from imc_osttp.rules import compute_update
 
     cfg = load_run_config(None, [f"rule.name={rule}", f"rule.traces={traces}", f"train.device={device}",
-                                 "model.threshold_init=0.2", "model.init_gain=2.0"])
+                                 f"model.hidden={[150] * depth}", "model.threshold_init=0.2", "model.init_gain=2.0"])
     data = synthetic_jsb(batch, T)
     b = collate(data.train.inputs, data.train.targets).to(torch.float32, device)
     net = build_network(cfg, 88, 88)
@@ -53,35 +55,39 @@ def measure(rule: str, traces: str, T: int, batch: int, device: str, threads: in
     best = min(times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device != "cpu"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
-    return {"rule": rule, "traces": traces, "T": T, "seconds": best, "sample_steps_per_s": batch * T / best,
+    return {"rule": rule, "traces": traces, "depth": depth, "T": T, "seconds": best, "sample_steps_per_s": batch * T / best,
             "peak_mib": peak}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 1024, 8192])
+    ap.add_argument("--depths", type=int, nargs="+", default=[1], help="hidden layers of 150")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--child", nargs=3, metavar=("RULE", "TRACES", "T"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, metavar=("RULE", "TRACES", "DEPTH", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        rule, traces, T = args.child
-        print(json.dumps(measure(rule, traces, int(T), args.batch, args.device, args.threads, args.repeats)))
+        rule, traces, depth, T = args.child
+        print(json.dumps(measure(rule, traces, int(depth), int(T), args.batch, args.device, args.threads,
+                                 args.repeats)))
         return
     print(f"batch {args.batch}, device {args.device}, {args.threads} thread(s); "
           "peak memory = growth of peak RSS during the update (CPU) or peak allocated (GPU)\n")
-    print("| rule | traces | T | sample-steps/s | s per update | peak MiB |")
-    print("|---|---|---:|---:|---:|---:|")
-    for T in args.lengths:
-        for rule, traces in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--child", rule, traces, str(T), "--batch",
-                                  str(args.batch), "--device", args.device, "--threads", str(args.threads),
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {r['rule']} | {r['traces']} | {T} | {r['sample_steps_per_s']:,.0f} | {r['seconds']:.3f} | "
-                  f"{r['peak_mib']:.1f} |", flush=True)
+    print("| rule | traces | layers | T | sample-steps/s | s per update | peak MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for depth in args.depths:
+        for T in args.lengths:
+            for rule, traces in VARIANTS:
+                out = subprocess.run([sys.executable, __file__, "--child", rule, traces, str(depth), str(T),
+                                      "--batch", str(args.batch), "--device", args.device, "--threads",
+                                      str(args.threads), "--repeats", str(args.repeats)],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"| {r['rule']} | {r['traces']} | {depth} | {T} | {r['sample_steps_per_s']:,.0f} | "
+                      f"{r['seconds']:.3f} | {r['peak_mib']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .data import TaskData, batches
 from .data.batching import Batch
 from .network import SNUNet
 from .rules import compute_update
+from .train import train
 
 
 def rule_updates(cfg: RunConfig, net: SNUNet, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
@@ -69,12 +70,33 @@ def dump(directory: Path, cfg: RunConfig, net: SNUNet, batch: Batch,
         np.savez(directory / f"updates_{rule}.npz", **{k: v.cpu().numpy() for k, v in grads.items()})
 
 
-def align(cfg: RunConfig, data: TaskData, dump_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Run the diagnostic on the first batch of the training split."""
+def align(cfg: RunConfig, data: TaskData, dump_dir: Path | None = None, after_epochs: int = 0,
+          batch_size: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Run the diagnostic on the first batch of the training split (`batch_size` sequences, default the
+    config's), at initialisation or after training the config's own rule for `after_epochs` epochs."""
     torch.manual_seed(cfg.seed)
-    net = build_for_task(cfg, data)
-    batch = next(batches(data.train, cfg.train.batch_size)).to(DTYPES[cfg.train.dtype], cfg.train.device)
+    if after_epochs:
+        trained = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": after_epochs})})
+        net = train(trained, data, progress=False).net
+        assert net is not None
+    else:
+        net = build_for_task(cfg, data)
+    batch = next(batches(data.train, batch_size or cfg.train.batch_size)).to(DTYPES[cfg.train.dtype],
+                                                                              cfg.train.device)
     updates = rule_updates(cfg, net, batch)
     if dump_dir is not None:
         dump(dump_dir, cfg, net, batch, updates)
     return compare(updates)
+
+
+def summarise(reports: list[dict[str, dict[str, dict[str, float]]]]) -> list[dict[str, object]]:
+    """One row per (rule, param): mean and std over seeds of the cosine and the norm ratio."""
+    rows = []
+    for rule, params in reports[0].items():
+        for name in params:
+            row: dict[str, object] = {"rule": rule, "param": name}
+            for key in ("cosine", "norm_ratio"):
+                values = np.array([r[rule][name][key] for r in reports])
+                row[key], row[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1) if len(values) > 1 else 0)
+            rows.append(row)
+    return rows

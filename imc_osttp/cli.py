@@ -40,19 +40,32 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from .align import align
+    import pandas as pd
+
+    from .align import align, summarise
     from .config import load_run_config
     from .data import load_task
 
     cfg = load_run_config(args.config, args.set)
-    report = align(cfg, load_task(cfg.data), Path(args.dump) if args.dump else None)
+    data = load_task(cfg.data)
+    seeds = args.seeds or [cfg.seed]
+    reports = [align(cfg.model_copy(update={"seed": seed}), data, Path(args.dump) if args.dump else None,
+                     args.after_epochs, args.batch) for seed in seeds]
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
         return 0
-    print(f"{'rule':10s} {'param':6s} {'cosine':>8s} {'norm ratio':>11s}")
-    for rule, params in report.items():
-        for name, vals in params.items():
-            print(f"{rule:10s} {name:6s} {vals['cosine']:8.4f} {vals['norm_ratio']:11.4f}")
+    rows = summarise(reports)
+    if args.csv:
+        table = pd.DataFrame([{"config": cfg.name, "after_epochs": args.after_epochs, "seeds": len(seeds), **row}
+                              for row in rows])
+        path = Path(args.csv)
+        table.to_csv(path, mode="a", header=not path.exists(), index=False)
+    stage = f"after {args.after_epochs} epochs of {cfg.rule.name}" if args.after_epochs else "at initialisation"
+    print(f"{cfg.name}, {stage}, {len(seeds)} seed(s): mean ± std over seeds")
+    print(f"{'rule':10s} {'param':6s} {'cosine':>16s} {'norm ratio':>18s}")
+    for row in rows:
+        print(f"{row['rule']:10s} {row['param']:6s} {row['cosine']:8.4f} ± {row['cosine_std']:.4f} "
+              f"{row['norm_ratio']:10.4f} ± {row['norm_ratio_std']:.4f}")
     return 0
 
 
@@ -76,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true", help="print {rule: {param: {cosine, norm_ratio}}}")
-    p.add_argument("--dump", metavar="DIR", help="write params, batch, meta and every rule's update")
+    p.add_argument("--dump", metavar="DIR", help="write params, feedback, batch, meta and every rule's update")
+    p.add_argument("--after-epochs", type=int, default=0, metavar="N",
+                   help="first train the config's rule for N epochs (default: at initialisation)")
+    p.add_argument("--batch", type=int, default=None, metavar="B", help="sequences in the diagnostic batch")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S", help="repeat for these seeds: mean ± std")
+    p.add_argument("--csv", metavar="PATH", help="append the mean ± std rows to this CSV")
     p.set_defaults(func=cmd_align)
 
     from .audio import add_encode_audio_parser
