@@ -150,3 +150,27 @@ def test_unusable_mlflow_store_is_one_line(tmp_path, jsb_path, monkeypatch, caps
     assert main(["train", tiny_config(tmp_path, jsb_path)]) == 2
     err = capsys.readouterr().err
     assert "MLflow store" in err and "unusable" in err and "Traceback" not in err
+
+
+def test_align_and_dump_at_depth(tmp_path, jsb_path, capsys):
+    """Every layer's parameters, B_l in feedback.npz, the layers in meta.json; after training, the
+    rule's own update is compared too, and seeds give mean ± std rows in a CSV."""
+    out = tmp_path / "dump"
+    config = tiny_config(tmp_path, jsb_path, model={"hidden": [16, 12], "recurrent": [True, False]})
+    assert main(["align", config, "--json", "--dump", str(out), "--set", "train.dtype=float64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["osttp"]) == {"W1", "H1", "b1", "W2", "b2", "W3", "c3"}
+    assert report["ostl"]["W2"]["cosine"] == pytest.approx(1.0, abs=1e-9)  # the top layer: exact
+    params = np.load(out / "params.npz")
+    assert {k: params[k].shape for k in params} == {"W1": (88, 16), "H1": (16, 16), "b1": (16,), "W2": (16, 12),
+                                                    "b2": (12,), "W3": (12, 88), "c3": (88,)}
+    feedback = np.load(out / "feedback.npz")
+    assert {k: feedback[k].shape for k in feedback} == {"B1": (88, 16), "B2": (88, 12)}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["layers"] == [{"n": 16, "recurrent": True, "reset": "full", "decay": 0.6},
+                              {"n": 12, "recurrent": False, "reset": "full", "decay": 0.6}]
+    csv = tmp_path / "align.csv"
+    assert main(["align", config, "--after-epochs", "1", "--seeds", "0", "1", "--csv", str(csv)]) == 0
+    assert "after 1 epochs of osttp, 2 seed(s)" in capsys.readouterr().out
+    table = pd.read_csv(csv)
+    assert len(table) == 5 * 7 and (table["cosine_std"][table["rule"] == "osttp"] > 0).any()
