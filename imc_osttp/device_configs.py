@@ -10,8 +10,15 @@ an aihwkit default silently taking its place.
 Besides `rpu_config`, a file may hold settings that are not rpu_config
 fields (a baseline conductance, the pulse writer, when a fixed tile is
 read); `load_spec` returns them with the config in a typed `DeviceSpec`.
-Named files live in the repository's `device_configs/` folder and in the
-folders listed in IMC_OSTTP_DEVICE_CONFIGS (searched first).
+Named files live in the repository's `device_configs/` folder (installed as
+the package `imc_osttp.device_data`) and in the folders listed in
+IMC_OSTTP_DEVICE_CONFIGS (searched first).
+
+Every number a file sets is checked before aihwkit sees it: its type is the
+aihwkit field's annotation, and where aihwkit's documentation gives a range
+(probabilities, standard deviations, bit widths, the update step) the value
+must lie in it, so a bad value is one line naming the field, not a traceback
+from deep inside a tile.
 """
 
 from __future__ import annotations
@@ -22,18 +29,22 @@ import enum
 import importlib
 import inspect
 import os
+import re
+import types
+import typing
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .config import build, read_yaml
 from .errors import ConfigError
 
 ENV_FOLDERS = "IMC_OSTTP_DEVICE_CONFIGS"
-SHIPPED = Path(__file__).resolve().parents[1] / "device_configs"
+SHIPPED = Path(str(files("imc_osttp.device_data")))
 # where class names in the files are looked up
 MODULES = ("aihwkit.simulator.configs", "aihwkit.simulator.parameters", "aihwkit.simulator.presets",
            "aihwkit.simulator.tiles", "aihwkit.simulator.tiles.array", "aihwkit.inference")
@@ -111,27 +122,32 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return {"class": _class_name(type(obj)), **_fields_dict(obj)}
 
 
-def from_dict(data: Any, default: Any = None) -> Any:
-    """Inverse of `to_dict`; without a "class" key the class of `default` is used."""
+def from_dict(data: Any, default: Any = None, where: str = "rpu_config") -> Any:
+    """Inverse of `to_dict`; without a "class" key the class of `default` is used.
+
+    `where` is the field path of `data` in its file, so that an error names the field as written there.
+    """
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping with a 'class' key, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping with a 'class' key, got {data!r}")
     data = dict(data)
     name = data.pop("class", None)
     if name is None and default is None:
-        raise ConfigError(f"missing 'class' in {data!r}")
-    cls = _lookup(name) if name is not None else type(default)
+        raise ConfigError(f"{where}: missing 'class' in {data!r}")
+    cls = _lookup(name, where) if name is not None else type(default)
     reference = cls()
     valid = _field_names(reference)
+    numbers = _number_fields(cls)
     kwargs = {}
     for key, value in data.items():
+        path = f"{where}.{key}"
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{cls.__name__}.{key}: unknown field{hint}")
-        try:
-            kwargs[key] = _decode(value, getattr(reference, key))
-        except ConfigError as exc:
-            raise ConfigError(f"{cls.__name__}.{key}: {exc}") from None
+            raise ConfigError(f"{path}: unknown field of {cls.__name__}{hint}")
+        if key in numbers:
+            kwargs[key] = _check_number(numbers[key], value, path)
+        else:
+            kwargs[key] = _decode(value, getattr(reference, key), path)
     return cls(**kwargs)
 
 
@@ -170,12 +186,12 @@ def _registry() -> dict[str, type]:
     return names
 
 
-def _lookup(name: str) -> type:
+def _lookup(name: str, where: str) -> type:
     cls = _registry().get(name)
     if cls is None:
         close = difflib.get_close_matches(name, list(_registry()), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown aihwkit class '{name}'{hint}")
+        raise ConfigError(f"{where}: unknown aihwkit class '{name}'{hint}")
     return cls
 
 
@@ -228,18 +244,78 @@ def _encode(value: Any, default: Any) -> Any:
     return value
 
 
-def _decode(value: Any, default: Any) -> Any:
+def _decode(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, enum.Enum) and isinstance(value, str):
         members = list(type(default).__members__)
         if value not in members:
             close = difflib.get_close_matches(value, members, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; one of {members}"
-            raise ConfigError(f"'{value}' is not a {type(default).__name__}{hint}")
+            raise ConfigError(f"{where}: '{value}' is not a {type(default).__name__}{hint}")
         return type(default)[value]
     if isinstance(default, type) and isinstance(value, str):
-        return _lookup(value)
+        return _lookup(value, where)
     if isinstance(value, list):
-        return [from_dict(v) if isinstance(v, dict) else v for v in value]
+        return [from_dict(v, where=f"{where}[{i}]") if isinstance(v, dict) else v for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return from_dict(value, default if _is_object(default) else None)
+        return from_dict(value, default if _is_object(default) else None, where)
     return value
+
+
+# Ranges that aihwkit's field docstrings give, keyed by its naming conventions: probabilities
+# (corrupt_devices_prob, pdrop, in_chop_prob, pcm_prob_at_*), percentages as fractions,
+# standard deviations and relative device-to-device spreads (dw_min_std, w_max_dtod, out_noise,
+# std_dev, diffusion), bit widths (n_bits: 0 switches quantisation off), the length of a pulse
+# train, and the mean update step of a pulsed device. Every other number is only type-checked.
+RANGES: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"(^|_)prob(_|$)|^pdrop$|_percentage$", {"ge": 0, "le": 1}),
+    (r"_std$|_dtod$|^std_dev$|(^|_)noise$|^diffusion$", {"ge": 0}),
+    (r"^n_bits$", {"ge": 0}),
+    (r"^desired_bl$", {"ge": 1}),
+    (r"^dw_min$", {"gt": 0}),
+)
+_NUMBER_TYPES = (bool, int, float, type(None))
+
+
+def _annotations(cls: type) -> dict[str, Any]:
+    """Field annotations: dataclass fields, or for plain classes the constructor's parameters."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+    params = inspect.signature(cls.__init__).parameters
+    return {name: p.annotation for name, p in params.items() if p.annotation is not p.empty}
+
+
+def _is_number_type(annotation: Any) -> bool:
+    """A number, a bool, or an Optional or list of them (`float`, `Optional[float]`, `List[float]`)."""
+    if annotation in _NUMBER_TYPES:
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) in (list, typing.Union, types.UnionType) and bool(args) and all(
+        map(_is_number_type, args))
+
+
+def _with_range(annotation: Any, name: str) -> Any:
+    """`annotation` constrained to the range RANGES gives the field `name`, if any (scalars only)."""
+    bounds = next((bounds for pattern, bounds in RANGES if re.search(pattern, name)), None)
+    return Annotated[annotation, Field(**bounds)] if bounds and annotation in (int, float) else annotation
+
+
+@cache
+def _number_fields(cls: type) -> dict[str, TypeAdapter]:
+    """A strict validator for each numeric field of `cls`; a field whose default is None may be null."""
+    reference = cls()
+    out = {}
+    for name, annotation in _annotations(cls).items():
+        if _is_number_type(annotation) and hasattr(reference, name):
+            checked = _with_range(annotation, name)
+            out[name] = TypeAdapter(checked | None if getattr(reference, name) is None else checked)
+    return out
+
+
+def _check_number(adapter: TypeAdapter, value: Any, where: str) -> Any:
+    """`value` if it has the field's type and lies in its range; else one line naming the field and value."""
+    try:
+        return adapter.validate_python(value, strict=True)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        index = "".join(f"[{i}]" for i in err["loc"] if isinstance(i, int))
+        raise ConfigError(f"{where}{index}: {err['msg']} (got {err['input']!r})") from None

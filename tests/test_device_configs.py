@@ -1,6 +1,10 @@
-"""Named device configurations: every one builds a tile, files round-trip, typos are named."""
+"""Named device configurations: every one builds a tile, files round-trip, typos and bad values are named."""
 
 from __future__ import annotations
+
+import dataclasses
+import enum
+import re
 
 import pytest
 import torch
@@ -102,3 +106,73 @@ def test_extra_folders_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(device_configs.ENV_FOLDERS, str(tmp_path))
     assert "mine" in device_configs.available()
     assert device_configs.load_spec("mine").baseline == 0.4
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-5", r"greater than 0 \(got -5\)"),
+    ("0", r"greater than 0 \(got 0\)"),
+    ('"abc"', r"a valid number \(got 'abc'\)"),
+    ("true", r"a valid number \(got True\)"),
+])
+def test_a_bad_step_is_one_line_naming_file_field_and_value(tmp_path, value, message):
+    path = _write(tmp_path, f"rpu_config:\n  class: SingleRPUConfig\n  device:\n    class: ConstantStepDevice\n"
+                            f"    dw_min: {value}\n")
+    line = rf"^{re.escape(str(path))}: rpu_config\.device\.dw_min: .*{message}$"
+    with pytest.raises(ConfigError, match=line) as info:
+        device_configs.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_ranges_and_types_aihwkit_documents_are_checked_at_any_depth(tmp_path):
+    cases = {
+        # a probability above 1, inside a device list
+        "rpu_config:\n  class: UnitCellRPUConfig\n  device:\n    class: VectorUnitCell\n    unit_cell_devices:\n"
+        "    - {class: PCMPresetUnitCell}\n    - {class: PCMPresetDevice, corrupt_devices_prob: 1.5}\n":
+            r"rpu_config\.device\.unit_cell_devices\[1\]\.corrupt_devices_prob: .*less than or equal to 1 \(got 1\.5\)",
+        # a negative bit width, two dataclasses deep
+        "rpu_config:\n  class: QuantizedTorchInferenceRPUConfig\n  pre_post: {periph_quant: {n_bits: -4}}\n":
+            r"rpu_config\.pre_post\.periph_quant\.n_bits: .*greater than or equal to 0 \(got -4\)",
+        # a negative standard deviation
+        "rpu_config: {class: PCMPreset, forward: {out_noise: -0.1}}\n":
+            r"rpu_config\.forward\.out_noise: .*greater than or equal to 0 \(got -0\.1\)",
+        # an int field given a fraction, and a list entry that is not a number
+        "rpu_config: {class: PCMPreset, update: {desired_bl: 2.5}}\n": r"rpu_config\.update\.desired_bl: .*integer",
+        "rpu_config:\n  class: UnitCellRPUConfig\n  device: {class: VectorUnitCell, gamma_vec: [0.5, x]}\n":
+            r"rpu_config\.device\.gamma_vec\[1\]: .*valid number \(got 'x'\)",
+        # a plain (non-dataclass) aihwkit class: the noise model's constructor annotations
+        "rpu_config: {class: InferenceRPUConfig, noise_model: {class: PCMLikeNoiseModel, t_read: fast}}\n":
+            r"rpu_config\.noise_model\.t_read: .*valid number",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            device_configs.load(_write(tmp_path, text))
+
+
+def test_values_in_range_are_kept():
+    rpu = device_configs.from_dict({"class": "SingleRPUConfig", "device": {
+        "class": "ConstantStepDevice", "dw_min": 0.002, "corrupt_devices_prob": 1, "dw_min_std": 0}})
+    assert (rpu.device.dw_min, rpu.device.corrupt_devices_prob, rpu.device.dw_min_std) == (0.002, 1, 0)
+
+
+def _numbers(obj) -> dict:
+    """Every number a dataclass holds, nested dataclasses as nested mappings: a file setting all of them."""
+    out = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if isinstance(value, (int, float)) and not isinstance(value, enum.Enum):
+            out[field.name] = value
+        elif dataclasses.is_dataclass(value) and field.init:
+            same_class = type(value) is type(getattr(type(obj)(), field.name))
+            out[field.name] = _numbers(value) if same_class else {"class": type(value).__name__, **_numbers(value)}
+    return out
+
+
+def test_every_aihwkit_default_and_preset_value_passes_the_checks():
+    """The ranges are aihwkit's own: no default or preset value of any aihwkit class is refused."""
+    checked = 0
+    for name, cls in device_configs._registry().items():
+        if dataclasses.is_dataclass(cls) and not issubclass(cls, enum.Enum):
+            data = _numbers(cls())
+            device_configs.from_dict({"class": name, **data})
+            checked += 1
+    assert checked > 50
