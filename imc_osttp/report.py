@@ -8,7 +8,7 @@ from .data import load_task
 from .figures import learning_curves
 from .metrics import task_references
 from .study import StudyConfig, current_rows, read_table, study_paths
-from .tracking import tracking_uri
+from .tracking import chart_view, tracking_uri
 
 
 def references(study: StudyConfig) -> dict[str, float]:
@@ -54,8 +54,16 @@ def report_study(study: StudyConfig, runs: pd.DataFrame) -> str:
     if base.tracking.enabled:
         from .tracking import log_study_summary
 
-        log_study_summary(base, study.name, [runs_csv, hist_csv, fig_path], table, metric)
+        experiment = log_study_summary(base, study.name, [runs_csv, hist_csv, fig_path], table)
         uri = tracking_uri(base.tracking.uri)
         text += (f"\n\nTable: {runs_csv}   figure: {fig_path}\nMLflow experiment '{study.name}' in {uri}; "
-                 f"open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {uri}")
+                 + ui_hint(uri, experiment))
     return text
+
+
+def ui_hint(uri: str, experiment: str) -> str:
+    """Where to see the study's curves: on the tracking server, or in a UI started on the local store."""
+    if uri.startswith(("http://", "https://")):
+        return f"its curves: {uri.rstrip('/')}{chart_view(experiment)}"
+    return (f"open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {uri}\n"
+            f"and its curves at http://127.0.0.1:5000{chart_view(experiment)}")

@@ -21,10 +21,12 @@ def final_parameters(result: RunResult) -> dict[str, np.ndarray]:
 
 def run(cfg: RunConfig, data: TaskData | None = None, experiment: str | None = None,
         parent_run_id: str | None = None, progress: bool = True,
-        extra_tags: dict[str, str] | None = None) -> tuple[RunResult, str | None]:
-    """Train `cfg`, logging to MLflow when tracking is enabled; returns the result and the run id."""
+        extra_tags: dict[str, str] | None = None, variant: str | None = None) -> tuple[RunResult, str | None]:
+    """Train `cfg`, logging to MLflow (a run named by `variant` and seed) when tracking is enabled;
+    returns the result and the run id."""
     data = data if data is not None else load_task(cfg.data)
-    tracked = start_run(cfg, experiment, parent_run_id, extra_tags) if cfg.tracking.enabled else nullcontext()
+    tracked = (start_run(cfg, experiment, parent_run_id, extra_tags, variant) if cfg.tracking.enabled
+               else nullcontext())
     with tracked as logger:
         result = train(cfg, data, on_epoch=logger.on_epoch if logger else None, progress=progress)
         if logger is not None:

@@ -103,7 +103,7 @@ def _run_one(variant: str, seed: int, cfg: RunConfig, parent_run_id: str | None)
         import torch
 
         torch.set_num_threads(1)
-    result, run_id = run(cfg, parent_run_id=parent_run_id, progress=False, extra_tags={"variant": variant})
+    result, run_id = run(cfg, parent_run_id=parent_run_id, progress=False, variant=variant)
     history = [{"variant": variant, "seed": seed, "epoch": i + 1, **h} for i, h in enumerate(result.history)]
     return summary_row(variant, seed, cfg, result, run_id), history
 

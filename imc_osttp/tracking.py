@@ -3,6 +3,10 @@
 The store is local by default (`sqlite:///mlflow.db` in the working
 directory) unless `MLFLOW_TRACKING_URI` or the config names another. Runs of
 one study share an experiment, so the MLflow UI overlays their curves.
+
+Only per-epoch values are metrics, so the UI's chart view starts with the
+curves; single values (best epoch, training time, a study's summary) are
+params, which the UI shows as a table. Metric keys have no `/` (see `metric_key`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from .errors import UserError
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAMS_PER_CALL = 100
 PACKAGES = ("imc-osttp", "torch", "aihwkit", "numpy", "mlflow")
+BEST = "best/"  # param prefix of a run's values at its best epoch
+# MLflow's experiment-kind tag, read by the UI's kind selector. The UI of 3.17 opens every experiment
+# in the view of its global GenAI / Model-training switch (GenAI by default), so links carry the view too.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -88,16 +96,43 @@ def prepare_store(uri: str | None, experiment: str) -> str:
 
 
 def experiment_id(mlf, name: str) -> str:
+    """The experiment's id, created if missing; tagged as model training (also one an older version made)."""
+    key, kind = EXPERIMENT_KIND
     found = mlf.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return mlf.create_experiment(name)
-    except Exception:  # another process created it first
-        found = mlf.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return mlf.create_experiment(name, tags={key: kind})
+        except Exception:  # another process created it first
+            found = mlf.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if key not in found.tags:
+        mlf.set_experiment_tag(found.experiment_id, key, kind)
+    return found.experiment_id
+
+
+def chart_view(experiment: str) -> str:
+    """The UI's address (after host:port) of an experiment's curves, in the model-training view."""
+    return f"/#/experiments/{experiment}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}, seed {seed}"
+
+
+def metric_key(name: str) -> str:
+    """The MLflow key of a per-epoch value: `pulses/W1` becomes `pulses.W1`. The UI makes a chart section
+    of each `prefix/` and shows those before all other charts: pulse counts, which only analog runs have,
+    would come before the curves that compare digital and analog runs."""
+    return name.replace("/", ".")
+
+
+def log_params(mlf, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+        mlf.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_CALL])
 
 
 class RunLogger:
@@ -108,17 +143,13 @@ class RunLogger:
         self.rows: list[dict[str, float]] = []
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_CALL):
-            self.mlf.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_CALL])
+        log_params(self.mlf, self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
+        items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
         self.mlf.log_batch(self.run_id, metrics=items)
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -144,19 +175,21 @@ class RunLogger:
             np.savez_compressed(path, **params)
             self.log_artifact(path)
         if summary:
-            self.log_metrics({f"best/{k}": v for k, v in summary.items()}, step=0)
+            self.log_params({BEST + k: v for k, v in summary.items()})
 
 
 @contextmanager
 def start_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str | None = None,
-              extra_tags: dict[str, str] | None = None) -> Iterator[RunLogger]:
-    """An MLflow run for `cfg`: FINISHED on success, KILLED on Ctrl-C, FAILED (with the error) otherwise."""
+              extra_tags: dict[str, str] | None = None, variant: str | None = None) -> Iterator[RunLogger]:
+    """An MLflow run for `cfg`, named by its `variant` (default: the config's name) and seed:
+    FINISHED on success, KILLED on Ctrl-C, FAILED (with the error) otherwise."""
     mlf = client(cfg.tracking.uri)
     exp = experiment_id(mlf, experiment or cfg.tracking.experiment or cfg.name)
-    tags = {**run_tags(cfg), **(extra_tags or {})}
+    variant = variant or cfg.name
+    tags = {**run_tags(cfg), "variant": variant, **(extra_tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = mlf.create_run(exp, tags=tags, run_name=cfg.name)
+    run = mlf.create_run(exp, tags=tags, run_name=run_name(variant, cfg.seed))
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         logger = RunLogger(mlf, run_id, cfg, Path(tmp))
@@ -177,8 +210,10 @@ def start_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str 
             mlf.set_terminated(run_id, "FINISHED")
 
 
-def log_study_summary(cfg: RunConfig, experiment: str, artifacts: list[Path], table: Any, metric: str) -> str:
-    """A summary run in the study's experiment holding its table, history and figure."""
+def log_study_summary(cfg: RunConfig, experiment: str, artifacts: list[Path], table: Any) -> str:
+    """A summary run in the study's experiment holding its files, and its table (one row per variant)
+    as params `<variant>/<column>`: the UI lists them as a table, where metrics would be bar charts.
+    Returns the experiment's id."""
     mlf = client(cfg.tracking.uri)
     exp = experiment_id(mlf, experiment)
     run = mlf.create_run(exp, tags={"kind": "study_summary", "git_commit": git_commit()},
@@ -186,7 +221,12 @@ def log_study_summary(cfg: RunConfig, experiment: str, artifacts: list[Path], ta
     for path in artifacts:
         if path.exists():
             mlf.log_artifact(run.info.run_id, str(path))
-    for variant, row in table.iterrows():
-        mlf.log_metric(run.info.run_id, f"{variant}/{metric}_mean", float(row[f"{metric}_mean"]))
+    log_params(mlf, run.info.run_id, {f"{variant}/{column}": _cell(value) for variant, row in table.iterrows()
+                                      for column, value in row.items()})
     mlf.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    return exp
+
+
+def _cell(value: Any) -> Any:
+    """Six significant digits for floats: the table is for reading; the CSV artifacts keep full precision."""
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -4,8 +4,17 @@
 # outside the repository, so a second setup takes seconds) and this package
 # installed editable with its test dependencies and Ray (the optional sweep executor, so
 # that its test runs too).
+# --test: also the browser the MLflow UI test drives (Debian's chromium via apt,
+# Playwright via pip); the package itself never needs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+TEST=0
+case "${1:-}" in
+  "") ;;
+  --test) TEST=1 ;;
+  *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+esac
 
 PY=${PYTHON:-python3}
 VENV=.venv
@@ -15,12 +24,19 @@ AIHWKIT=aihwkit==1.2.0
 
 step() { printf '\n== %s\n' "$*"; }
 
+apt_install() {
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 need_openblas() { ! dpkg -s libopenblas-dev >/dev/null 2>&1; }
 if command -v dpkg >/dev/null 2>&1 && need_openblas; then
   step "installing libopenblas-dev (needed to compile aihwkit)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas-dev >/dev/null
+  apt_install libopenblas-dev
+fi
+if [ "$TEST" = 1 ] && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+  step "installing chromium (for the MLflow UI test)"
+  apt_install chromium
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -47,6 +63,8 @@ if ! "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base" >/dev/null 2>&1; 
   pip install -q --no-deps "$WHEELS"/aihwkit-1.2.0-*.whl
 fi
 
-step "installing imc-osttp (editable) and its dependencies"
-pip install -q -e ".[dev,ray]"
+EXTRAS=dev,ray
+[ "$TEST" = 1 ] && EXTRAS=$EXTRAS,browser
+step "installing imc-osttp (editable) and its dependencies ($EXTRAS)"
+pip install -q -e ".[$EXTRAS]"
 "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base, imc_osttp; print('imc-osttp ready:', imc_osttp.__version__)"

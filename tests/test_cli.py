@@ -31,6 +31,8 @@ def test_train_logs_run_with_metrics(tmp_path, jsb_path, mlflow_uri, capsys):
     assert run.info.status == "FINISHED"
     assert run.data.params["rule.name"] == "ostl" and run.data.tags["rule"] == "ostl"
     assert run.data.tags["backend"] == "digital" and "git_commit" in run.data.tags
+    assert run.info.run_name == "tiny, seed 0" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "best/test_nll" in run.data.params and not any(k.startswith("best/") for k in run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "test_nll")
     assert [m.step for m in history] == [1, 2] and all(np.isfinite(m.value) for m in history)
     for key in ("valid_nll", "train_nll", "epoch_time", "spike_rate"):
@@ -101,7 +103,11 @@ def test_study_writes_table_figure_and_resumes(tmp_path, jsb_path, mlflow_uri, c
     assert (tmp_path / "results" / "mini.png").stat().st_size > 0
     client = mlflow.MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("mini")
-    assert len(client.search_runs([exp.experiment_id])) == 5  # 4 runs + the summary
+    mlruns = client.search_runs([exp.experiment_id])
+    names = sorted(r.info.run_name for r in mlruns)  # 4 runs + the summary, which holds the table as params
+    assert names == ["bptt, seed 0", "bptt, seed 1", "mini (summary)", "osttp, seed 0", "osttp, seed 1"]
+    summary = next(r for r in mlruns if r.info.run_name == "mini (summary)")
+    assert not summary.data.metrics and {"bptt/test_nll_mean", "osttp/seeds"} <= summary.data.params.keys()
     assert main(["study", str(path)]) == 0  # rerun: nothing left to train
     assert len(pd.read_csv(tmp_path / "results" / "mini.csv")) == 4
 

@@ -130,7 +130,8 @@ def test_smoke_sweep_nests_four_runs_under_one_parent_and_a_rerun_adds_none(tmp_
     assert {(c.data.params["backend.knobs.dw_min_std"], c.data.tags["seed"]) for c in children} == {
         (v, s) for v in ("0.0", "0.3") for s in ("0", "1")}
     assert len({c.data.tags["point_id"] for c in children}) == 2
-    assert all("best/test_nll" in c.data.metrics and c.data.params["rule.name"] == "osttp" for c in children)
+    assert all("best/test_nll" in c.data.params and c.data.params["rule.name"] == "osttp" for c in children)
+    assert not any(c.data.metrics.keys() & {"best/test_nll", "train_seconds", "diverged"} for c in children)
 
     assert main(["sweep", *args]) == 0
     assert "4 already done, 0 finished now" in capsys.readouterr().out

@@ -3,7 +3,7 @@
 Everything is read back from MLflow (the parent run and its FINISHED
 children), so a report needs no local state and works from a parent run id.
 The metric is the test NLL at the epoch of best validation NLL for JSB
-(`best/test_nll`), the best test accuracy for classification tasks.
+(param `best/test_nll`), the best test accuracy for classification tasks.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import pandas as pd
 
 from ..config import load_run_config
 from ..errors import ConfigError, UserError
-from ..tracking import client, tracking_uri
+from ..tracking import BEST, client, tracking_uri
 from . import figures, store
 from .spec import KNOB_PREFIX, SweepSpec, expand, sweep_hash
 
 METRICS = ("test_nll", "test_accuracy")
-BEST = "best/"
 
 
 def find_sweep_parent(spec: SweepSpec) -> tuple[Any, Any]:
@@ -52,20 +51,21 @@ def find_run_parent(run_id: str) -> tuple[Any, Any]:
 
 
 def runs_table(mlf, parent: Any, axes: list[str]) -> pd.DataFrame:
-    """One row per FINISHED child: point id, seed, axis labels, knob values, best/* metrics."""
+    """One row per FINISHED child: point id, seed, axis labels, knob values, best/* params."""
     rows = []
     for run in store.children(mlf, parent.info.experiment_id, parent.info.run_id):
         if run.info.status != "FINISHED":
             continue
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        tags, params = run.data.tags, run.data.params
+        single = {**run.data.metrics, **params}  # single values: params now, metrics in older stores
         row: dict[str, Any] = {"point_id": tags[store.TAG_POINT], "seed": int(tags["seed"]),
                                "run_id": run.info.run_id, "backend": tags.get("backend", ""),
                                "rule": tags.get("rule", "")}
         row.update({a: tags.get(store.AXIS_TAG + a, "") for a in axes})
         row.update({"knob." + k.removeprefix(KNOB_PREFIX): _number(v) for k, v in params.items()
                     if k.startswith(KNOB_PREFIX)})
-        row.update({k.removeprefix(BEST): v for k, v in metrics.items() if k.startswith(BEST)})
-        row["train_seconds"] = metrics.get("train_seconds")
+        row.update({k.removeprefix(BEST): float(v) for k, v in single.items() if k.startswith(BEST)})
+        row["train_seconds"] = float(single.get("train_seconds", "nan"))
         rows.append(row)
     if not rows:
         raise ConfigError(f"sweep run {parent.info.run_id}: no finished runs yet")

@@ -108,8 +108,9 @@ def finished(mlf, experiment_id: str, parent_id: str) -> set[tuple[str, int]]:
 def log_child(point: Point, seed: int, outcome: Outcome, parent_id: str, sweep_name: str) -> bool:
     """Record one run under the parent; False if it failed in its worker (recorded FAILED)."""
     tags = {TAG_NAME: sweep_name, TAG_POINT: point.id, **{AXIS_TAG + k: v for k, v in point.labels.items()}}
+    variant = " ".join(f"{k}={v}" for k, v in point.labels.items())
     try:
-        with start_run(point.config(seed), parent_run_id=parent_id, extra_tags=tags) as logger:
+        with start_run(point.config(seed), parent_run_id=parent_id, extra_tags=tags, variant=variant) as logger:
             if outcome.error is not None:
                 path = logger.workdir / "error.txt"
                 path.write_text(outcome.error)
@@ -118,7 +119,7 @@ def log_child(point: Point, seed: int, outcome: Outcome, parent_id: str, sweep_n
             for epoch, metrics in enumerate(outcome.history, 1):
                 logger.on_epoch(epoch, metrics)
             logger.finish(outcome.parameters, outcome.best)
-            logger.log_metrics({"train_seconds": outcome.seconds, "diverged": float(outcome.diverged)}, step=0)
+            logger.log_params({"train_seconds": outcome.seconds, "diverged": outcome.diverged})
     except WorkerError:
         return False
     return True
