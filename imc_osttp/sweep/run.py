@@ -8,15 +8,15 @@ A point that raises is recorded FAILED with its error and the sweep goes on.
 
 from __future__ import annotations
 
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
 from ..tracking import client, prepare_store, tracking_uri
 from . import store
-from .executors import Executor, import_ray, outcomes
-from .spec import SweepSpec, expand, runs, sweep_hash
+from .executors import Executor, outcomes, ray_session
+from .spec import Point, SweepSpec, expand, runs, sweep_hash
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,16 @@ class SweepSummary:
 def run_sweep(spec: SweepSpec, workers: int | None = None, executor: Executor = "local",
               address: str | None = None, progress: bool = True) -> SweepSummary:
     """Train the sweep's missing runs with `workers` processes (or Ray tasks); returns the counts."""
+    workers = workers or spec.workers
     points = expand(spec)
-    if executor == "ray":
-        import_ray()  # before the parent run exists: a missing extra is a usage error, not a failed sweep
+    # Ray is connected before the parent run exists: a missing extra or a refused cluster is a usage
+    # error, not a failed sweep
+    with ray_session(workers, address) if executor == "ray" else nullcontext():
+        return _run(spec, points, workers, executor, address, progress)
+
+
+def _run(spec: SweepSpec, points: list[Point], workers: int, executor: Executor, address: str | None,
+         progress: bool) -> SweepSummary:
     pairs = runs(spec, points)
     tracking = points[0].cfg.tracking
     experiment_id = prepare_store(tracking.uri, tracking.experiment)  # tables and experiment, once
@@ -47,7 +54,7 @@ def run_sweep(spec: SweepSpec, workers: int | None = None, executor: Executor = 
         bar = tqdm(total=len(todo), desc=f"sweep {spec.name}", disable=not progress)
         jobs = [((p, s), p.config(s)) for p, s in todo]
         # closing: an error or Ctrl-C here stops the workers at once instead of when garbage-collected
-        with closing(outcomes(jobs, workers or spec.workers, executor, address)) as results:
+        with closing(outcomes(jobs, workers, executor, address)) as results:
             for (point, seed), outcome in results:
                 ok = store.log_child(point, seed, outcome, parent, spec.name)
                 finished, failed = finished + ok, failed + (not ok)
