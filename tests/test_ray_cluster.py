@@ -68,8 +68,9 @@ def steps(work: Path, data_root: Path) -> dict:
     driver = {**base, "IMC_OSTTP_DATA": str(data_root), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
     report: dict = {"token": ray_cli("get-auth-token", "--generate", env=base).returncode}
     start = time.monotonic()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths below it have a length limit
     head = ray_cli("start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                   f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}", env=base)
+                   f"--temp-dir={temp}", env=base)
     report["head"] = {"rc": head.returncode, "err": head.stderr[-2000:], "seconds": time.monotonic() - start}
     if head.returncode == 0:
         report["sweep"] = finish(sweep("ray_cluster", driver), time.monotonic())
@@ -86,6 +87,7 @@ def steps(work: Path, data_root: Path) -> dict:
         report["killed"] = {"pid": tasks[0] if tasks else None, **finish(killed, start)}
         report["rerun"] = finish(sweep("ray_cluster_kill", driver), time.monotonic())
     report["stop"] = ray_cli("stop", "--force", env=base).returncode
+    shutil.rmtree(temp, ignore_errors=True)
     return report
 
 
