@@ -302,3 +302,24 @@ def test_device_to_device_variation_follows_the_seed():
     varied = [k for k in a if k.startswith("dwmin_up")]
     assert varied and all(torch.equal(a[k], b[k]) for k in varied)
     assert any(not torch.equal(a[k], c[k]) for k in varied)
+
+
+@pytest.mark.parametrize("device", ["aihwkit_mixed_precision_pcm", "aihwkit_cttv2_reram"])
+def test_aihwkits_own_training_algorithms_are_accepted_with_unobservable_pulses(device):
+    """MixedPrecisionCompound (a DigitalRankUpdateCell) and c-TTv2 (a TransferCompound) train by aihwkit's
+    own update: the weights learn, but the pulses that move them fire inside aihwkit, so no pulse metric
+    is reported rather than a wrong one, and the exact writer (which needs single pulses) is refused."""
+    cfg = make_cfg(device, "feedback_programmed", optim={"lr": 0.2})
+    params, B = make_params(cfg)
+    with pytest.warns(UserWarning, match="not observable on the CPU"):
+        analog = AnalogBackend(cfg, params, B, trainable_names(cfg))
+    assert all(t.algorithm and t.counter is None for t in analog.tiles.values())
+    before = {n: analog.parameters()[n].detach().clone() for n in analog.tiles}
+    for seed in range(20):  # c-TTv2 moves the visible weights only once its fast device has transferred
+        analog.apply(random_grads(trainable_names(cfg), params, seed))
+    assert all(not torch.equal(analog.parameters()[n].detach(), before[n]) for n in analog.tiles)
+    assert not any(k.startswith("pulses/") for k in analog.end_epoch())
+    spec = device_configs.load_spec(device)
+    exact = spec.model_copy(update={"writer": spec.writer.model_copy(update={"policy": "exact"})})
+    with pytest.raises(ConfigError, match="own algorithm"):
+        PulsedTile(params["W1"], exact, torch.Generator(), seed=1)

@@ -12,6 +12,7 @@ dense update matrix goes through the pulse writer of the device config.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,6 @@ from ..optim import base_lr, clip_coefficient, group_lrs, make_optimizer
 from .base import Accumulator
 
 try:
-    from aihwkit.simulator.configs.compounds import DigitalRankUpdateCell
     from aihwkit.simulator.parameters import PulseType
     from aihwkit.simulator.tiles.inference import InferenceTileWithPeriphery
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -103,9 +103,10 @@ class PulsedTile:
         rpu = copy.deepcopy(spec.rpu_config)
         if hasattr(rpu.device, "construction_seed"):
             rpu.device.construction_seed = seed  # device-to-device variation follows the run's seed
-        if isinstance(rpu.device, DigitalRankUpdateCell):
-            raise ConfigError(f"{type(rpu.device).__name__}: its transfer pulses are not observable on CPU; "
-                              "use writer.policy 'exact' with rounding 'carry' for mixed precision")
+        self.algorithm = pulses.own_algorithm(rpu.device)
+        if self.algorithm and spec.writer.policy == "exact":
+            raise ConfigError(f"writer.policy 'exact': {self.algorithm} updates by its own algorithm (aihwkit's "
+                              "stochastic trains into its accumulator); use writer.policy 'stochastic'")
         self.writer = spec.writer
         if self.writer.policy == "exact":
             rpu.update = copy.deepcopy(pulses.SINGLE_PULSE)
@@ -122,7 +123,7 @@ class PulsedTile:
         if fp and self.writer.policy == "exact":
             raise ConfigError(f"writer.policy 'exact': {type(rpu.device).__name__} takes no pulses")
         self.step = self.writer.step or self.eps
-        self.counter = None if fp else pulses.PulseCounter(out_size, in_size, pulses.has_pairs(rpu.device),
+        self.counter = None if fp or self.algorithm else pulses.PulseCounter(out_size, in_size, pulses.has_pairs(rpu.device),
                                                            pulses.devices_per_pulse(rpu.device))
         self.residual = torch.zeros(out_size, in_size)  # carried remainder of the exact writer, in pulses
         self.rounding = rounding
@@ -271,6 +272,11 @@ class AnalogBackend:
         # every trainable tile is built from the same knob-applied spec, so a sweep knob reaches all
         self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=1 + 10 * cfg.seed + i)
                       for i, n in enumerate(matrix_slots(cfg.model.depth)) if n in params}
+        unobserved = sorted({t.algorithm for t in self.tiles.values() if t.algorithm})
+        if unobserved:
+            warnings.warn(f"{', '.join(unobserved)} runs aihwkit's own training algorithm: its transfer pulses "
+                          "are fired inside aihwkit and not observable on the CPU, so no pulses/* metrics",
+                          stacklevel=2)
         self.digital = {n: torch.nn.Parameter(v.clone(), requires_grad=n in trainable)
                         for n, v in params.items() if n not in self.tiles}
         self.trainable = list(trainable)

@@ -14,7 +14,13 @@ import math
 
 import torch
 from aihwkit.simulator.configs import SingleRPUConfig, UnitCellRPUConfig
-from aihwkit.simulator.configs.compounds import OneSidedUnitCell, UnitCell, VectorUnitCell
+from aihwkit.simulator.configs.compounds import (
+    DigitalRankUpdateCell,
+    OneSidedUnitCell,
+    TransferCompound,
+    UnitCell,
+    VectorUnitCell,
+)
 from aihwkit.simulator.configs.devices import PulsedDevice
 from aihwkit.simulator.parameters import PulseType, UpdateParameters, VectorUnitCellUpdatePolicy
 from aihwkit.simulator.tiles import AnalogTile
@@ -44,6 +50,15 @@ def _sub_granularity(device) -> float:
     single = isinstance(device, PulsedDevice)
     cfg = SingleRPUConfig(device=device) if single else UnitCellRPUConfig(device=device)
     return granularity(AnalogTile(1, 1, cfg), device)
+
+
+def own_algorithm(device) -> str | None:
+    """The aihwkit training algorithm a device runs itself (mixed precision, the Tiki-Taka family), or None.
+
+    Its update goes to a digital accumulator or a hidden fast device, and the pulses that move the
+    visible weights are fired by aihwkit's C++ transfer, which counts none on the CPU: such a
+    tile's pulses are not observable, only its weights."""
+    return type(device).__name__ if isinstance(device, (DigitalRankUpdateCell, TransferCompound)) else None
 
 
 def has_pairs(device) -> bool:
