@@ -55,8 +55,8 @@ def measure(rule: str, traces: str, depth: int, T: int, batch: int, device: str,
     best = min(times)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device != "cpu"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
-    return {"rule": rule, "traces": traces, "depth": depth, "T": T, "seconds": best, "sample_steps_per_s": batch * T / best,
-            "peak_mib": peak}
+    return {"rule": rule, "traces": traces, "depth": depth, "T": T, "seconds": best,
+            "sample_steps_per_s": batch * T / best, "peak_mib": peak}
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .backends.base import Backend
 from .config import ModelConfig, RunConfig
-from .layers import LayerSpec, param_names as layer_param_names, readout_names
+from .layers import LayerSpec, readout_names
+from .layers import param_names as layer_param_names
 from .neuron import SURROGATES, jacobian_diag, membrane, spike
 from .readout import Readout, ReadoutChunk, ReadoutState, make_readout
 

@@ -325,8 +325,8 @@ def test_every_trainable_tile_of_a_deep_chip_counts_its_pulses():
     from imc_osttp.data.synthetic import synthetic_jsb
 
     cfg = load_run_config(None, ["rule.name=osttp", "model.hidden=[12, 9]", "model.recurrent=[false, true]",
-                                 "optim.lr=0.5", "data.task=synthetic", "backend.kind=analog", "model.threshold_init=0.1",
-                                 "model.init_gain=3.0",
+                                 "optim.lr=0.5", "data.task=synthetic", "backend.kind=analog",
+                                 "model.threshold_init=0.1", "model.init_gain=3.0",
                                  "backend.device_config=pcm_4device", "backend.knobs={dw_min: 0.02}"])
     net = build_network(cfg, M, K)
     tiles = net.backend.tiles

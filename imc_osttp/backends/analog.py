@@ -123,8 +123,9 @@ class PulsedTile:
         if fp and self.writer.policy == "exact":
             raise ConfigError(f"writer.policy 'exact': {type(rpu.device).__name__} takes no pulses")
         self.step = self.writer.step or self.eps
-        self.counter = None if fp or self.algorithm else pulses.PulseCounter(out_size, in_size, pulses.has_pairs(rpu.device),
-                                                           pulses.devices_per_pulse(rpu.device))
+        observable = not (fp or self.algorithm)
+        self.counter = pulses.PulseCounter(out_size, in_size, pulses.has_pairs(rpu.device),
+                                           pulses.devices_per_pulse(rpu.device)) if observable else None
         self.residual = torch.zeros(out_size, in_size)  # carried remainder of the exact writer, in pulses
         self.rounding = rounding
 
