@@ -319,13 +319,14 @@ def test_ideal_tiles_reproduce_digital_updates_of_two_layers(rule, traces):
 
 def test_every_trainable_tile_of_a_deep_chip_counts_its_pulses():
     """pulses/W{l}, pulses/H{l} and their per-device maxima for every layer, the readout's too; a knob
-    set for the run reaches every trainable tile."""
+    set for the run reaches every trainable tile. The rate puts every hidden tile's update well above one
+    pulse step: aihwkit's read noise (not seedable) changes the spikes from run to run."""
     pytest.importorskip("aihwkit")
     from imc_osttp.data.batching import batches
     from imc_osttp.data.synthetic import synthetic_jsb
 
     cfg = load_run_config(None, ["rule.name=osttp", "model.hidden=[12, 9]", "model.recurrent=[false, true]",
-                                 "optim.lr=0.5", "data.task=synthetic", "backend.kind=analog",
+                                 "optim.lr=5.0", "data.task=synthetic", "backend.kind=analog",
                                  "model.threshold_init=0.1", "model.init_gain=3.0",
                                  "backend.device_config=pcm_4device", "backend.knobs={dw_min: 0.02}"])
     net = build_network(cfg, M, K)
