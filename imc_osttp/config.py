@@ -143,6 +143,9 @@ class BackendConfig(_Strict):
     device_config: str = "pcm_4device"
     feedback_config: str = "feedback_programmed"
     knobs: dict[str, float | int | str] = {}  # named non-idealities over the device configs (imc_osttp.knobs)
+    # the chip clock: seconds of device time per applied update; after each update every trainable tile
+    # drifts by that much (aihwkit's power law, drift_nu > 0), a written device's clock restarting
+    time_per_update: float = Field(0.0, ge=0)
 
 
 class TrackingConfig(_Strict):

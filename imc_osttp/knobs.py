@@ -146,8 +146,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     _device("w_max_dtod", "device-to-device variation of the upper bound", 0.0),
     _device("w_min_dtod", "device-to-device variation of the lower bound", 0.0),
     _device("write_noise_std", "write noise, in units of dw_min (devices that model it)", 0.0),
-    Knob("drift_nu", "drift exponent nu of every pulsed device (acts when the tile is drifted)", "device",
-         _drifts, "nu", 0.0),
+    Knob("drift_nu", "drift exponent nu of every pulsed device (acts when the tile is drifted: "
+         "backend.time_per_update)", "device", _drifts, "nu", 0.0),
+    Knob("drift_nu_dtod", "device-to-device spread of nu (relative)", "device", _drifts, "nu_dtod", 0.0),
+    Knob("drift_nu_std", "cycle-to-cycle spread of nu at each write (relative)", "device", _drifts, "nu_std", 0.0),
     Knob("refresh_every", "updates between refreshes of one-sided pairs; 0: never", "device", _cells,
          "refresh_every", 0, kind=int),
     Knob("desired_bl", "maximum pulse-train length per update", "device", _update, "desired_bl", None,

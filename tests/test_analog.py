@@ -323,3 +323,61 @@ def test_aihwkits_own_training_algorithms_are_accepted_with_unobservable_pulses(
     exact = spec.model_copy(update={"writer": spec.writer.model_copy(update={"policy": "exact"})})
     with pytest.raises(ConfigError, match="own algorithm"):
         PulsedTile(params["W1"], exact, torch.Generator(), seed=1)
+
+
+# ------------------------------------------------------------------ the chip clock: drift of trained weights
+
+
+def drifting(tmp_path, **knobs):
+    """A noise-free pulsed device whose weights drift; 100 s of chip time per applied update."""
+    cfg = make_cfg(noise_free(tmp_path), optim={"lr": 0.5},
+                   backend={"time_per_update": 100.0, "knobs": {"drift_nu": 0.05, **knobs}})
+    params, B = make_params(cfg)
+    return AnalogBackend(cfg, params, B, trainable_names(cfg)), params
+
+
+def zero_grads(backend):
+    return {n: torch.zeros_like(v) for n, v in backend.parameters().items() if n in backend.trainable}
+
+
+def test_a_drifting_trainable_tile_loses_weight_by_the_power_law(tmp_path):
+    """Updates that write nothing still take chip time: after k of them every device has drifted for k·100 s,
+    W = W_0 (t/t_0)^(−ν), t_0 = 1 s; with a device-to-device spread of ν the mean follows the mean ν."""
+    analog, params = drifting(tmp_path, drift_nu_dtod=0.2)
+    w0 = {n: analog.parameters()[n].detach().clone() for n in analog.tiles}
+    for _ in range(5):
+        analog.apply(zero_grads(analog))
+    for name, before in w0.items():
+        ratio = analog.parameters()[name].detach() / before
+        assert float(ratio.mean()) == pytest.approx(500.0 ** -0.05, rel=0.01), name
+        assert float(ratio.std()) > 0.005, name  # ν differs from device to device
+    assert torch.equal(analog.parameters()["b1"], params["b1"])  # thresholds are digital: no drift
+
+
+def test_a_write_restarts_the_clock_of_the_written_devices_only(tmp_path):
+    """Devices written by an update start drifting from their new value again; the others keep their clock."""
+    analog, _ = drifting(tmp_path)
+    for _ in range(5):
+        analog.apply(zero_grads(analog))
+    before = analog.parameters()["W1"].detach().clone()
+    grads = zero_grads(analog)
+    grads["W1"][0] = 1.0  # input row 0: the devices of W1's first row, and no others
+    analog.apply(grads)  # the write, then this update's 100 s, which restarts the written devices' clock
+    written = analog.parameters()["W1"].detach().clone()
+    assert torch.allclose(written[0], before[0] - 0.5 * 1.0, atol=DW)  # written: moved by -lr·grad, no drift
+    assert torch.allclose(written[1:], before[1:] * (600.0 / 500.0) ** -0.05, rtol=1e-4)  # only drifted
+    for _ in range(3):
+        analog.apply(zero_grads(analog))
+    ratio = analog.parameters()["W1"].detach() / written
+    assert torch.allclose(ratio[0], torch.full_like(ratio[0], 300.0 ** -0.05), rtol=1e-4)  # clock from 0
+    others = (900.0 / 600.0) ** -0.05  # the old clock: 600 s → 900 s
+    assert torch.allclose(ratio[1:], torch.full_like(ratio[1:], others), rtol=1e-4)
+
+
+def test_no_chip_clock_means_no_drift(tmp_path):
+    cfg = make_cfg(noise_free(tmp_path), backend={"knobs": {"drift_nu": 0.1}})
+    params, B = make_params(cfg)
+    analog = AnalogBackend(cfg, params, B, trainable_names(cfg))
+    w0 = analog.parameters()["W1"].detach().clone()
+    analog.apply(zero_grads(analog))
+    assert torch.equal(analog.parameters()["W1"].detach(), w0)

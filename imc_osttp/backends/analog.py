@@ -281,6 +281,7 @@ class AnalogBackend:
         self.digital = {n: torch.nn.Parameter(v.clone(), requires_grad=n in trainable)
                         for n, v in params.items() if n not in self.tiles}
         self.trainable = list(trainable)
+        self.time_per_update = cfg.backend.time_per_update
         self.B = ProgrammedTile(feedback, feedback_spec)
         self.grad_clip = cfg.optim.grad_clip
         # the optimizer steps the digital parameters; a tile's group holds an empty placeholder
@@ -336,6 +337,16 @@ class AnalogBackend:
         for name in names:
             if name in self.tiles:
                 self.tiles[name].write(grads[name], lrs[name] * coef)
+        if self.time_per_update:
+            self.advance_clock(self.time_per_update)
+        self._views = {}
+
+    def advance_clock(self, seconds: float) -> None:
+        """Let `seconds` of chip time pass: every trainable device drifts by aihwkit's power law
+        W = W_w·max(t/t_0, 1)^(−ν), t counted from the device's last write (aihwkit restarts a device's
+        clock at the first drift step after a write that changed it by more than drift.reset_tol)."""
+        for tile in self.tiles.values():
+            tile.tile.drift_weights(seconds)
         self._views = {}
 
     def end_epoch(self) -> dict[str, float]:
