@@ -128,6 +128,13 @@ class PulsedTile:
                                            pulses.devices_per_pulse(rpu.device)) if observable else None
         self.residual = torch.zeros(out_size, in_size)  # carried remainder of the exact writer, in pulses
         self.rounding = rounding
+        # diagnostics: the weights the writer meant to reach (tile convention, re-anchored to the read-back
+        # weights every epoch) and the device conductances when the epoch began (refresh shows as a drop)
+        self.intended = self.tile.get_weights()[0].clone()
+        self.resync = pulses.stale_after_refresh(rpu.device)  # re-derive the visible weights after each write
+        inner = getattr(rpu.device, "device", None)  # mixed precision: the pulsed cell under the accumulator
+        self.pairs = pulses.device_pairs(self.tile, pulses.has_pairs(rpu.device) or pulses.has_pairs(inner))
+        self.conductances = self._conductances()
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -144,6 +151,7 @@ class PulsedTile:
     def write(self, grad: Tensor, lr: float) -> None:
         """ΔW = -lr·grad, as pulses: rank-1 terms as coincident trains where the gradient has them."""
         factors = getattr(grad, "factors", None)
+        self.intended -= lr * grad.detach().transpose(0, 1).float()
         if self.writer.policy == "exact":
             self._write_exact(grad, lr)
         elif factors is None:
@@ -152,6 +160,59 @@ class PulsedTile:
             self._write_stochastic(factors.left, factors.right, lr)
             if factors.dense is not None:
                 self._write_stochastic_dense(factors.dense, lr)
+        if self.resync:  # the C++ tile's own [params, ...] tensor, set back as read: ~1 ms for 150 x 88
+            self.tile.tile.set_hidden_parameters(self.tile.tile.get_hidden_parameters())
+
+    def _conductances(self) -> dict[str, Tensor]:
+        """Every device's conductance, with its bounds: hidden_weights_*, max_bound_*, min_bound_*."""
+        hidden = self.tile.get_hidden_parameters()
+        if self.pairs.devices == ["hidden_weights"]:  # a single device: its conductance is the raw weight
+            hidden["hidden_weights"] = self.tile.tile.get_weights()
+        return {k: hidden[k].clone() for k in self.pairs.devices} | {
+            f"{b}{k[len('hidden_weights'):]}": hidden[f"{b}{k[len('hidden_weights'):]}"]
+            for k in self.pairs.devices for b in ("max_bound", "min_bound")}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Once per epoch: how far the read-back weights are from the intended ones (the write error
+        accumulated over the epoch, then re-anchored), devices at their bounds, pairs refreshed, carry.
+
+        gap_mean/gap_max: |W_intended − W_read| in weight units, W_intended = W at the epoch's start
+        − Σ lr·grad of its writes. w_max_g: max |W|/α, the largest weight in conductance units.
+        bound_hi/bound_lo: fraction of devices within 10 % of their range from their max/min bound (a PCM
+        device's noise keeps it hovering at 60-100 % of its range once driven to saturation).
+        refreshed: pairs whose two devices both fell by more than 20 % of their range since the epoch
+        began: aihwkit's refresh (reset both, rewrite the difference) is not counted on the CPU, and a
+        pulsed PCM device only rises otherwise, so this is the number of refreshes, less any pair
+        refreshed twice in an epoch. carry_mean/carry_max: |residual| of the exact writer, in pulses."""
+        w = self.tile.get_weights()[0]
+        gap = (self.intended - w).abs()
+        out = {"gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
+               "w_max_g": float((w / self._scale().view(-1, 1)).abs().max())}
+        self.intended = w.clone()
+        if self.pairs.devices:
+            now = self._conductances()
+            hi = lo = 0.0
+            for k in self.pairs.devices:
+                suffix = k[len("hidden_weights"):]
+                g, top, bottom = now[k], now[f"max_bound{suffix}"], now[f"min_bound{suffix}"]
+                margin = 0.1 * (top - bottom)
+                hi += float((g >= top - margin).float().mean())
+                lo += float((g <= bottom + margin).float().mean())
+            out["bound_hi"] = hi / len(self.pairs.devices)
+            out["bound_lo"] = lo / len(self.pairs.devices)
+            if self.pairs.pairs:
+                refreshed = 0
+                for a, b in self.pairs.pairs:
+                    drop = [self.conductances[k] - now[k] for k in (a, b)]
+                    span = [now[f"max_bound{k[len('hidden_weights'):]}"] - now[f"min_bound{k[len('hidden_weights'):]}"]
+                            for k in (a, b)]
+                    refreshed += int(((drop[0] > 0.2 * span[0]) & (drop[1] > 0.2 * span[1])).sum())
+                out["refreshed"] = float(refreshed)
+            self.conductances = now
+        if self.writer.policy == "exact" and self.writer.rounding == "carry":
+            out["carry_mean"] = float(self.residual.abs().mean())
+            out["carry_max"] = float(self.residual.abs().max())
+        return out
 
     def _scale(self) -> Tensor:
         """Digital output scale α (per output or global): W = α·G, so pulses see d/α."""
@@ -186,7 +247,10 @@ class PulsedTile:
             n = torch.floor(target + torch.rand(target.shape, generator=self.rounding))
         n = n.clamp(-self.writer.max_pulses, self.writer.max_pulses)
         if self.writer.rounding == "carry":
-            self.residual = target - n
+            # only the remainder below one pulse is carried: what the per-update clip cut off is dropped, or
+            # one exploding update (an exact trace can grow by hundreds in a long sequence) would keep firing
+            # max_pulses on its devices for thousands of updates and pin them at a bound
+            self.residual = torch.fmod(target - n, 1.0)
         self._fire(n)
 
     def _fire(self, n: Tensor) -> None:
@@ -358,4 +422,6 @@ class AnalogBackend:
             tile = self.tiles.get(name)
             if tile is not None and tile.counter is not None:
                 metrics.update(tile.counter.metrics(f"pulses/{name}"))
+            if tile is not None:
+                metrics.update({f"diag/{name}/{k}": v for k, v in tile.diagnostics().items()})
         return metrics

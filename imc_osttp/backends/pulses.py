@@ -11,6 +11,7 @@ rpucuda/rpu_pulsed_meta_parameter.cpp and sparse_bit_line_maker.cpp).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from aihwkit.simulator.configs import SingleRPUConfig, UnitCellRPUConfig
@@ -67,6 +68,43 @@ def has_pairs(device) -> bool:
         return True
     subs = getattr(device, "unit_cell_devices", None)
     return isinstance(device, UnitCell) and bool(subs) and all(has_pairs(s) for s in subs)
+
+
+@dataclass
+class DevicePairs:
+    """The hidden_weights_* names of a tile's devices (deepest level), and which two form a pair."""
+
+    devices: list[str]
+    pairs: list[tuple[str, str]]
+
+
+def device_pairs(tile, paired: bool) -> DevicePairs:
+    """hidden_weights_{d}[_k]: device d (0: G−, 1: G+) of pair k; a single device has hidden_weights."""
+    every = list(tile.get_hidden_parameters())
+    names = [k for k in every
+             if k == "hidden_weights" or (k.startswith("hidden_weights_") and k[14:].replace("_", "").isdigit())]
+    if not names:  # a single device per weight: the tile's own weights, bounded by max/min_bound
+        return DevicePairs(["hidden_weights"] if "max_bound" in every else [], [])
+    depth = max(k.count("_") for k in names)
+    devices = [k for k in names if k.count("_") == depth]
+    if not all(f"max_bound{k[14:]}" in every and f"min_bound{k[14:]}" in every for k in devices):
+        return DevicePairs([], [])
+    groups: dict[str, list[str]] = {}
+    for name in devices:
+        groups.setdefault(name[len("hidden_weights_") + 1:], []).append(name)
+    pairs = [tuple(m) for m in groups.values() if len(m) == 2] if paired else []
+    return DevicePairs(devices, pairs)
+
+
+def stale_after_refresh(device) -> bool:
+    """Whether aihwkit leaves the tile's visible weights stale after a refresh: a VectorUnitCell whose
+    pairs refresh (OneSidedUnitCell, refresh_every > 0). aihwkit 1.2.0 then copies the refreshed pair's
+    own weight into the visible weights of the columns it refreshes (the ones forward and backward
+    read) instead of the average of the pairs, until the next full reduction; the devices are right.
+    Setting the hidden parameters back recomputes the visible weights from the devices."""
+    subs = getattr(device, "unit_cell_devices", None) or []
+    return isinstance(device, VectorUnitCell) and any(
+        (isinstance(s, OneSidedUnitCell) and s.refresh_every > 0) or stale_after_refresh(s) for s in subs)
 
 
 def devices_per_pulse(device) -> int:
