@@ -1,4 +1,4 @@
-"""Command line: `imc-osttp train|study|align|encode-audio ...`.
+"""Command line: `imc-osttp train|study|deploy|align|encode-audio ...`.
 
 Bad input ends in one line on stderr (exit 2), never a traceback.
 """
@@ -36,6 +36,17 @@ def cmd_study(args: argparse.Namespace) -> int:
     study = load_study(args.study, parse_overrides(args.set) if args.set else None)
     runs = run_study(study, workers=args.workers)
     print(report_study(study, runs))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .config import parse_overrides
+    from .deploy import load_deploy, run_deploy
+    from .deploy_report import report_deploy
+
+    deploy = load_deploy(args.deploy, parse_overrides(args.set) if args.set else None)
+    rows = run_deploy(deploy, workers=args.workers)
+    print(report_deploy(deploy, rows))
     return 0
 
 
@@ -84,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study field, e.g. base.train.epochs=2")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("deploy", help="train, then evaluate the chip from 1 s to 1 year after its last write "
+                       "(frozen, drift-compensated, learning); write results/<name>.csv and a figure")
+    p.add_argument("deploy", help="deploy YAML (studies/jsb_deploy.yaml)")
+    p.add_argument("--workers", type=int, default=None, help="seeds in parallel processes (default: the file's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. base.train.epochs=2 or adaptation.rate=4")
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("align", help="every rule's update against the BPTT gradient on one batch")
     p.add_argument("config")

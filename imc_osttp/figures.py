@@ -13,13 +13,16 @@ import pandas as pd  # noqa: E402
 
 def learning_curves(history: pd.DataFrame, metric: str, path: Path, title: str,
                     references: dict[str, float] | None = None, ylabel: str | None = None) -> Path:
-    """One line per variant: mean over seeds of `metric` per epoch, with a ±std band."""
+    """One line per variant: mean over seeds of `metric` per epoch, with a ±std band and each seed's own
+    curve as a thin line (a band hides a seed that jumps and recovers)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, frame in history.groupby("variant", sort=False):
         stats = frame.groupby("epoch")[metric].agg(["mean", "std", "count"])
         std = stats["std"].fillna(0.0)
         line, = ax.plot(stats.index, stats["mean"], label=f"{variant} (n={int(stats['count'].max())})")
         ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, alpha=0.2, color=line.get_color())
+        for _, seed in frame.groupby("seed"):
+            ax.plot(seed["epoch"], seed[metric], color=line.get_color(), alpha=0.4, linewidth=0.6)
     styles = iter(["--", ":", "-.", (0, (5, 1))])
     for name, value in (references or {}).items():
         ax.axhline(value, color="grey", linestyle=next(styles), linewidth=1, label=f"{name} ({value:.2f})")

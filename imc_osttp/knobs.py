@@ -150,6 +150,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "backend.time_per_update)", "device", _drifts, "nu", 0.0),
     Knob("drift_nu_dtod", "device-to-device spread of nu (relative)", "device", _drifts, "nu_dtod", 0.0),
     Knob("drift_nu_std", "cycle-to-cycle spread of nu at each write (relative)", "device", _drifts, "nu_std", 0.0),
+    Knob("drift_reset_tol", "a device's drift clock restarts when a write moves it by more than this; "
+         "huge: never (the clock runs from the device's first drift)", "device", _drifts, "reset_tol", 1e-7),
     Knob("refresh_every", "updates between refreshes of one-sided pairs; 0: never", "device", _cells,
          "refresh_every", 0, kind=int),
     Knob("desired_bl", "maximum pulse-train length per update", "device", _update, "desired_bl", None,

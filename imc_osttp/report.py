@@ -46,7 +46,8 @@ def report_study(study: StudyConfig, runs: pd.DataFrame) -> str:
     history = current_rows(study, read_table(hist_csv))
     metric = "test_nll" if "test_nll" in runs else "test_accuracy"
     refs = references(study)
-    learning_curves(history, metric, fig_path, f"{study.name}: {metric} per epoch (mean ± std over seeds)", refs)
+    title = f"{study.name}: {metric} per epoch (mean ± std over seeds, thin: each seed)"
+    learning_curves(history, metric, fig_path, title, refs)
     table = summary_table(runs, metric)
     table = table.reindex([v for v in study.variants if v in table.index])  # the study file's order
     text = format_table(table, metric, refs)

@@ -381,3 +381,18 @@ def test_no_chip_clock_means_no_drift(tmp_path):
     w0 = analog.parameters()["W1"].detach().clone()
     analog.apply(zero_grads(analog))
     assert torch.equal(analog.parameters()["W1"].detach(), w0)
+
+
+def test_with_a_huge_reset_tolerance_a_write_keeps_the_devices_clock(tmp_path):
+    """drift_reset_tol: aihwkit restarts a device's clock only when a write moves it by more than the tolerance."""
+    analog, _ = drifting(tmp_path, drift_reset_tol=1e9)
+    for _ in range(5):
+        analog.apply(zero_grads(analog))
+    grads = zero_grads(analog)
+    grads["W1"][0] = 1.0
+    analog.apply(grads)
+    written = analog.parameters()["W1"].detach().clone()
+    for _ in range(3):
+        analog.apply(zero_grads(analog))
+    ratio = analog.parameters()["W1"].detach() / written
+    assert torch.allclose(ratio, torch.full_like(ratio, (900.0 / 600.0) ** -0.05), rtol=1e-4)  # one clock for all

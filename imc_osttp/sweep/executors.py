@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # workers import torch only once their initializer has set it
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 K = TypeVar("K")
+A = TypeVar("A")
+R = TypeVar("R")
 ENV = {"OMP_NUM_THREADS": "1"}
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -83,7 +85,7 @@ def outcomes(jobs: list[tuple[K, RunConfig]], workers: int, executor: Executor =
         for key, cfg in jobs:  # no spawn cost, and a debugger works
             yield key, train_point(cfg)
     else:
-        yield from _pool(jobs, workers)
+        yield from pool_map(train_point, jobs, workers)
 
 
 def _init_worker(driver: int) -> None:
@@ -111,11 +113,13 @@ def _watch(driver: int) -> None:
     os._exit(1)
 
 
-def _pool(jobs: list[tuple[K, RunConfig]], workers: int) -> Iterator[tuple[K, Outcome]]:
+def pool_map(fn: Callable[[A], R], jobs: list[tuple[K, A]], workers: int) -> Iterator[tuple[K, R]]:
+    """fn(arg) for every (key, arg) in spawned worker processes that die with this one, as they finish;
+    on an error or Ctrl-C the queued jobs are cancelled and those in flight ended."""
     pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
                                   initializer=_init_worker, initargs=(os.getpid(),))
     try:
-        futures = {pool.submit(train_point, cfg): key for key, cfg in jobs}
+        futures = {pool.submit(fn, arg): key for key, arg in jobs}
         for fut in cf.as_completed(futures):
             try:
                 outcome = fut.result()
