@@ -60,7 +60,8 @@ def deploy_figure(rows: pd.DataFrame, deploy: DeployConfig, refs: dict[str, floa
             ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"{name} ({value:.2f})")
     ax.set_xscale("log")
     ticks = [t for t in deploy.times if t in TIME_NAMES]
-    ax.set_xticks(ticks, [TIME_NAMES[t] for t in ticks])
+    ax.minorticks_off()
+    ax.set_xticks(ticks, [TIME_NAMES[t] for t in ticks], rotation=30)
     ax.set_xlabel("time after the last training write (chip clock)")
     ax.set_ylabel(metric)
     ax.set_title(f"{deploy.name}: {metric} after deployment (mean ± std over seeds)")
