@@ -137,7 +137,7 @@ def test_end_epoch_reports_diagnostics_per_trainable_tile():
     metrics = analog.end_epoch()
     for name in analog.tiles:
         for key in ("gap_mean", "gap_max", "w_max_g", "bound_hi", "bound_lo", "refreshed", "carry_mean"):
-            assert f"diag/{name}/{key}" in metrics
+            assert f"tile/{name}/{key}" in metrics
 
 
 def test_the_carry_keeps_no_more_than_a_pulse_when_the_per_update_clip_cuts():
