@@ -13,6 +13,9 @@ import pandas as pd  # noqa: E402
 from .deploy import TIME_NAMES, DeployConfig, deploy_path  # noqa: E402
 
 
+MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3"}  # same in every figure
+
+
 def metric_of(rows: pd.DataFrame) -> str:
     return "test_nll" if "test_nll" in rows else "test_accuracy"
 
@@ -50,7 +53,8 @@ def deploy_figure(rows: pd.DataFrame, deploy: DeployConfig, refs: dict[str, floa
             continue
         stats = frame.groupby("time_s")[metric].agg(["mean", "std"]).sort_index()
         std = stats["std"].fillna(0.0)
-        line, = ax.plot(stats.index, stats["mean"], marker="o", label=f"{mode} (n={frame['seed'].nunique()})")
+        line, = ax.plot(stats.index, stats["mean"], marker="o", color=MODE_COLORS.get(mode),
+                        label=f"{mode} (n={frame['seed'].nunique()})")
         ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, alpha=0.2, color=line.get_color())
         for _, seed_rows in frame.groupby("seed"):
             seed_rows = seed_rows.sort_values("time_s")
