@@ -12,7 +12,6 @@ import pandas as pd  # noqa: E402
 
 from .deploy import TIME_NAMES, DeployConfig, deploy_path  # noqa: E402
 
-
 MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3"}  # same in every figure
 
 
