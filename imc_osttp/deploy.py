@@ -133,7 +133,7 @@ class DriftCompensation:
             base = self.base[name]
             # a tensor: aihwkit's set_mapping_scales ignores a float once scales exist
             tile.set_mapping_scales(torch.tensor([self.factor[name]]) if base is None else base * self.factor[name])
-        net.backend.advance_clock(0.0)  # drops the backend's cached weight views
+        net.backend.forget_views()
 
 
 def copy_chip(net: SNUNet) -> SNUNet:
@@ -157,7 +157,7 @@ def total_pulses(net: SNUNet) -> float:
     counters = [t.counter for t in net.backend.tiles.values()]
     if any(c is None for c in counters):
         return math.nan
-    return sum(c.metrics("p")["p"] for c in counters)
+    return sum(c.total() for c in counters)
 
 
 class AdaptationStream:
@@ -274,13 +274,19 @@ def deploy_path(deploy: DeployConfig) -> Path:
     return Path(deploy.output_dir) / f"{deploy.name}.csv"
 
 
-def done_seeds(deploy: DeployConfig) -> set[int]:
-    """Seeds whose every mode already has rows made with this deploy file's settings."""
+def own_rows(deploy: DeployConfig) -> pd.DataFrame:
+    """The CSV's rows made with this deploy file's settings, its seeds and modes (others stay in the file)."""
     path = deploy_path(deploy)
     if not path.exists():
-        return set()
+        return pd.DataFrame(columns=["mode", "seed", "time_s", "config_hash"])
     frame = pd.read_csv(path, dtype={"config_hash": str, "mode": str})
-    frame = frame[frame["config_hash"] == deploy.hash()]
+    return frame[(frame["config_hash"] == deploy.hash()) & frame["seed"].isin(deploy.seeds)
+                 & frame["mode"].isin(deploy.modes)]
+
+
+def done_seeds(deploy: DeployConfig) -> set[int]:
+    """Seeds whose every mode already has rows made with this deploy file's settings."""
+    frame = own_rows(deploy)
     need = {(m, t) for m in deploy.modes for t in deploy.times}
     return {int(s) for s, rows in frame.groupby("seed") if need <= set(zip(rows["mode"], rows["time_s"], strict=True))}
 
@@ -294,17 +300,15 @@ def run_deploy(deploy: DeployConfig, workers: int | None = None, progress: bool 
     path = deploy_path(deploy)
     path.parent.mkdir(parents=True, exist_ok=True)
     todo = [s for s in deploy.seeds if s not in done_seeds(deploy)]
-    if todo and deploy.run_config(todo[0]).tracking.enabled:
+    tracking = deploy.run_config(deploy.seeds[0]).tracking
+    if todo and tracking.enabled:
         from .tracking import prepare_store
 
-        prepare_store(deploy.run_config(todo[0]).tracking.uri, deploy.name)
+        prepare_store(tracking.uri, deploy.name)
     bar = tqdm(total=len(todo), desc=f"deploy {deploy.name}", disable=not progress)
     if todo:
         for _, rows in pool_map(partial(deploy_seed, deploy), [(s, s) for s in todo], workers or deploy.workers):
             append_csv(path, rows)  # each seed as it finishes: an interrupted deploy keeps it
             bar.update(1)
     bar.close()
-    frame = pd.read_csv(path, dtype={"config_hash": str, "mode": str})
-    frame = frame[(frame["config_hash"] == deploy.hash()) & frame["seed"].isin(deploy.seeds)
-                  & frame["mode"].isin(deploy.modes)]
-    return frame
+    return own_rows(deploy)

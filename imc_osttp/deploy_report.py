@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .deploy import TIME_NAMES, DeployConfig, deploy_path  # noqa: E402
+from .figures import mean_band  # noqa: E402
 
 MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3"}  # same in every figure
 
@@ -50,14 +51,7 @@ def deploy_figure(rows: pd.DataFrame, deploy: DeployConfig, refs: dict[str, floa
         frame = rows[rows["mode"] == mode]
         if frame.empty:
             continue
-        stats = frame.groupby("time_s")[metric].agg(["mean", "std"]).sort_index()
-        std = stats["std"].fillna(0.0)
-        line, = ax.plot(stats.index, stats["mean"], marker="o", color=MODE_COLORS.get(mode),
-                        label=f"{mode} (n={frame['seed'].nunique()})")
-        ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, alpha=0.2, color=line.get_color())
-        for _, seed_rows in frame.groupby("seed"):
-            seed_rows = seed_rows.sort_values("time_s")
-            ax.plot(seed_rows["time_s"], seed_rows[metric], color=line.get_color(), alpha=0.35, linewidth=0.8)
+        mean_band(ax, frame, "time_s", metric, f"{mode} (n={frame['seed'].nunique()})", MODE_COLORS.get(mode), "o")
     for name, value in refs.items():
         if name != "random":
             ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"{name} ({value:.2f})")

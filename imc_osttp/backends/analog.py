@@ -411,6 +411,10 @@ class AnalogBackend:
         clock at the first drift step after a write that changed it by more than drift.reset_tol)."""
         for tile in self.tiles.values():
             tile.tile.drift_weights(seconds)
+        self.forget_views()
+
+    def forget_views(self) -> None:
+        """Drop the cached weight views: the tiles changed outside `apply` (drift, output scales)."""
         self._views = {}
 
     def end_epoch(self) -> dict[str, float]:

@@ -178,8 +178,12 @@ class PulseCounter:
             self.up += (w_pos.T @ q_neg).double()
             self.down += (w_neg.T @ q_neg).double()
 
+    def total(self) -> float:
+        """Device pulses so far (a pulse reaches `fan` devices)."""
+        return float((self.up + self.down).sum()) * self.fan
+
     def metrics(self, prefix: str) -> dict[str, float]:
         """Device pulses so far, and the most any one device received (its endurance budget)."""
-        total = float((self.up + self.down).sum()) * self.fan
+        total = self.total()
         per_device = torch.maximum(self.up, self.down) if self.pairs else self.up + self.down
         return {prefix: total, f"{prefix}_max_device": float(per_device.max())}
