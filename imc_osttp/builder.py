@@ -45,7 +45,7 @@ def build_network(cfg: RunConfig, n_in: int, n_out: int) -> SNUNet:
     if not trainable:
         raise ConfigError("optim.lr_scale: every parameter is frozen (0), so nothing would train")
     backend = make_backend(cfg, params, feedback, trainable)
-    return SNUNet(cfg.model, backend, n_in, n_out)
+    return SNUNet(cfg.model, backend, n_in, n_out, cfg.train.engine)
 
 
 def build_for_task(cfg: RunConfig, data: TaskData) -> SNUNet:

@@ -134,6 +134,9 @@ class TrainConfig(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
     threads: int | None = Field(None, ge=1)
+    # the time loops: "fused" runs them as compiled kernels (imc_osttp/fused.py) where they apply,
+    # "eager" step by step in torch, the reference the fused loops are tested against
+    engine: Literal["fused", "eager"] = "fused"
 
 
 class BackendConfig(_Strict):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import fused
 from .backends.base import Backend
 from .config import ModelConfig, RunConfig
 from .layers import LayerSpec, readout_names
@@ -140,13 +141,14 @@ def shift_in(first: Tensor, seq: Tensor) -> Tensor:
 class SNUNet:
     """L hidden SNU layers and a readout, computing through a backend."""
 
-    def __init__(self, cfg: ModelConfig, backend: Backend, n_in: int, n_out: int) -> None:
+    def __init__(self, cfg: ModelConfig, backend: Backend, n_in: int, n_out: int, engine: str = "fused") -> None:
         self.cfg = cfg
         self.backend = backend
         self.n_in, self.n_out = n_in, n_out
         self.layers: list[LayerSpec] = cfg.layers()
         self.out_w, self.out_c = readout_names(len(self.layers))
-        self.readout: Readout = make_readout(cfg.readout, cfg.tau)
+        self.fused = engine == "fused"
+        self.readout: Readout = make_readout(cfg.readout, cfg.tau, self.fused)
         self.surrogate = SURROGATES[cfg.surrogate]
 
     @property
@@ -173,6 +175,13 @@ class SNUNet:
         surrogate products are one batched call each for the whole chunk."""
         be = self.backend
         b = be.read(layer.b)
+        if self._fuses(layer, x, b):
+            H = be.read(layer.H) if layer.recurrent else None
+            S_, Y_, psi = fused.snu_chunk(self._mvm(layer.W, x), state.s, state.y, b, H, layer.decay,
+                                          layer.reset, self.surrogate)
+            if not differentiable:
+                S_, Y_ = S_.detach(), Y_.detach()
+            return LayerChunk(x, S_, Y_, psi), LayerState(S_[:, -1], Y_[:, -1], psi[:, -1])
         # unbind, not current[:, k]: autograd then adds one gradient per step instead of
         # materialising a [B, K, n] zero tensor per step (quadratic in K for BPTT)
         currents = self._mvm(layer.W, x).unbind(1)
@@ -187,6 +196,12 @@ class SNUNet:
         S_, Y_ = torch.stack(S, 1), torch.stack(Y, 1)
         psi = self.surrogate(S_.detach() - b.detach())
         return LayerChunk(x, S_, Y_, psi), LayerState(s, y, psi[:, -1])
+
+    def _fuses(self, layer: LayerSpec, x: Tensor, b: Tensor) -> bool:
+        """The compiled loop runs where it computes what the eager one does: on CPU tensors, and for a
+        recurrent layer only where y H is a plain product (an analog tile's read is noisy per call)."""
+        return (self.fused and fused.applies(x, b)
+                and (not layer.recurrent or self.backend.products_are_reads))
 
     def run(self, x: Tensor, state: StepState, differentiable: bool = False) -> tuple[Chunk, StepState]:
         """Advance K steps (x [B, K, m]), one layer after the other over the whole chunk: a layer
@@ -207,8 +222,12 @@ class SNUNet:
                  exact: bool) -> tuple[Tensor, Tensor]:
         """(D^t, c^t) [B, K, n_l] of one layer for the traces of every step of the chunk (SPEC §2)."""
         h_diag = torch.diagonal(self.backend.read(layer.H)) if layer.recurrent else None
+        b = self.backend.read(layer.b)
+        if self.fused and chunk.s.shape[1] > 1 and fused.applies(chunk.s, b):
+            return fused.jacobian(chunk.s, chunk.y, chunk.psi, before.s, before.y, before.psi, b.detach(),
+                                  None if h_diag is None else h_diag.detach(), layer.decay, layer.reset, exact)
         return jacobian_diag(shift_in(before.s, chunk.s), shift_in(before.y, chunk.y),
-                             shift_in(before.psi, chunk.psi), self.backend.read(layer.b), layer.decay,
+                             shift_in(before.psi, chunk.psi), b, layer.decay,
                              layer.reset, h_diag, exact)
 
     def split(self, stacked: Tensor) -> list[Tensor]:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import fused
+
 
 @dataclass
 class ReadoutState:
@@ -56,8 +58,9 @@ class SigmoidReadout:
 class LeakyReadout:
     """o^t = tau o^{t-1} + y^t W2 (+ c); loss = CE(softmax(o^t), label) at every step (SHD)."""
 
-    def __init__(self, tau: float) -> None:
+    def __init__(self, tau: float, compiled: bool = False) -> None:
         self.tau = tau
+        self.compiled = compiled  # the integrators as fused kernels (imc_osttp/fused.py) on the CPU
 
     def init(self, batch: int, n: int, k: int, like: Tensor) -> ReadoutState:
         return ReadoutState(like.new_zeros(batch, k), like.new_zeros(batch, n), like.new_zeros(batch, 1))
@@ -65,6 +68,10 @@ class LeakyReadout:
     def run(self, drive: Tensor, y: Tensor, state: ReadoutState) -> tuple[ReadoutChunk, ReadoutState]:
         assert state.potential is not None
         o, ybar, cbar = state.potential, state.trace, state.bias_trace
+        if self.compiled and fused.applies(drive, y):
+            chunk = ReadoutChunk(fused.linear_scan(o, drive, self.tau), fused.linear_scan(ybar, y, self.tau),
+                                 fused.scan(cbar, self.tau, torch.ones_like(drive[..., :1])))
+            return chunk, ReadoutState(chunk.logits[:, -1], chunk.trace[:, -1], chunk.bias_trace[:, -1])
         outs, ybars, cbars = [], [], []
         for d_k, y_k in zip(drive.unbind(1), y.unbind(1), strict=True):  # unbind: linear-time BPTT
             o = self.tau * o + d_k
@@ -89,5 +96,5 @@ class LeakyReadout:
 Readout = SigmoidReadout | LeakyReadout
 
 
-def make_readout(kind: str, tau: float) -> Readout:
-    return SigmoidReadout() if kind == "sigmoid" else LeakyReadout(tau)
+def make_readout(kind: str, tau: float, compiled: bool = False) -> Readout:
+    return SigmoidReadout() if kind == "sigmoid" else LeakyReadout(tau, compiled)

@@ -74,8 +74,10 @@ def study_paths(study: StudyConfig) -> tuple[Path, Path, Path]:
 
 def run_hash(cfg: RunConfig) -> str:
     """What a row was trained with: the config less its labels (tracking, name), the seed (a column
-    of its own), where the data lives and how many threads ran (data.path, train.threads)."""
-    return config_hash(cfg, {"tracking": True, "name": True, "seed": True, "data": {"path"}, "train": {"threads"}})
+    of its own), where the data lives, how many threads ran and which engine (data.path, train.threads,
+    train.engine: the same run)."""
+    return config_hash(cfg, {"tracking": True, "name": True, "seed": True, "data": {"path"},
+                             "train": {"threads", "engine"}})
 
 
 def summary_row(variant: str, seed: int, cfg: RunConfig, result, run_id: str | None) -> dict[str, Any]:

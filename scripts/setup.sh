@@ -67,4 +67,7 @@ EXTRAS=dev,ray
 [ "$TEST" = 1 ] && EXTRAS=$EXTRAS,browser
 step "installing imc-osttp (editable) and its dependencies ($EXTRAS)"
 pip install -q -e ".[$EXTRAS]"
+step "compiling the fused time loops (numba, cached on disk; once)"
+"$VENV/bin/python" -c "import torch; from imc_osttp import fused
+for dt in (torch.float32, torch.float64): print(f'{dt}: {fused.warm_up(dt):.1f} s')"
 "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base, imc_osttp; print('imc-osttp ready:', imc_osttp.__version__)"

@@ -122,10 +122,12 @@ def _smooth_spike(v: torch.Tensor, surrogate: str) -> torch.Tensor:
 @pytest.mark.parametrize("reset,recurrent", [("full", "false"), ("soft", "true")])
 def test_bptt_equals_finite_differences(reset, recurrent, monkeypatch):
     """With the Heaviside replaced by a smooth function whose derivative is the surrogate, BPTT through
-    both layers and time is the derivative of the loss: every parameter against central differences."""
+    both layers and time is the derivative of the loss: every parameter against central differences.
+    The eager loop (the reference that tests/test_fused.py holds the compiled one to) calls `spike`."""
     monkeypatch.setattr("imc_osttp.network.spike", _smooth_spike)
     batch = make_batch(3, lengths=(5, 4))
-    cfg, net = network("bptt", f"model.reset={reset}", f"model.recurrent={recurrent}", widths=[4, 3])
+    cfg, net = network("bptt", f"model.reset={reset}", f"model.recurrent={recurrent}", "train.engine=eager",
+                       widths=[4, 3])
     grads = compute_update(cfg.rule, net, batch)[0]
     params = {k: v.detach() for k, v in net.backend.parameters().items()}
     h = 1e-6

@@ -324,6 +324,7 @@ class AnalogBackend:
     waits for another, and every layer's B_l carries the same programming noise model."""
 
     kind = "analog"
+    products_are_reads = False
 
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:

@@ -78,6 +78,11 @@ class Accumulator:
 class Backend(Protocol):
     """What the network and the rules may ask of wherever the weights live."""
 
+    kind: str
+    # whether mvm(name, x) is exactly x @ read(name): then the network may compute the product
+    # itself, inside a fused time loop (imc_osttp/fused.py); a tile's read is noisy per call
+    products_are_reads: bool
+
     def mvm(self, name: str, x: Tensor) -> Tensor:
         """x W for the named matrix (W1, H1, W2)."""
 

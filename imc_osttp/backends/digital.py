@@ -14,6 +14,7 @@ class DigitalBackend:
     """Floating-point weights; `apply` is one optimizer step."""
 
     kind = "digital"
+    products_are_reads = True
 
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:

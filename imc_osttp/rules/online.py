@@ -86,7 +86,8 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
     acc = be.accumulator()
     signal = SIGNALS[rule.name]
     kind = trace_kind(rule)
-    traces = [make_traces(kind, layer, net.fan_in(layer), batch.size, batch.x, acc) for layer in net.layers]
+    traces = [make_traces(kind, layer, net.fan_in(layer), batch.size, batch.x, acc, net.fused)
+              for layer in net.layers]
     state = net.init_state(batch.size, batch.x)
     per_step = rule.update_timing == "step"
     K = 1 if per_step else CHUNK_STEPS

@@ -20,13 +20,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import fused
 from ..backends.base import Accumulator
 from ..layers import LayerSpec
 
 
-def scan(state: Tensor, coef: Tensor | float, drive: Tensor) -> tuple[Tensor, Tensor]:
+def scan(state: Tensor, coef: Tensor | float, drive: Tensor, compiled: bool = False) -> tuple[Tensor, Tensor]:
     """state^k = coef^k ⊙ state^{k-1} + drive^k over a chunk [B, K, n] (coef per step, or one number):
-    every trace here is this first-order recursion. Returns ([B, K, n] per step, last state)."""
+    every trace here is this first-order recursion. Returns ([B, K, n] per step, last state).
+    `compiled`: one fused kernel (imc_osttp/fused.py) where it applies, the same result."""
+    if compiled and drive.shape[1] > 1 and fused.applies(drive):
+        out_ = fused.scan(state, coef, drive)
+        return out_, out_[:, -1]
     out = []
     for k in range(drive.shape[1]):
         state = (coef[:, k] if isinstance(coef, Tensor) else coef) * state + drive[:, k]
@@ -50,13 +55,21 @@ class ExactTraces:
     update (G_s holds later steps' signals): an analog backend writes their sum densely.
     """
 
-    def __init__(self, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator) -> None:
-        self.acc, self.layer = acc, layer
+    def __init__(self, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator, compiled: bool = False) -> None:
+        self.acc, self.layer, self.compiled = acc, layer, compiled
         self.eps: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
         self.eps_b = like.new_zeros(batch, layer.n)
 
     def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
         inputs = {self.layer.W: x, self.layer.H: y_prev}
+        if D.shape[1] > 1 and self.compiled and fused.applies(g):
+            held = any(eps is not None for eps in self.eps.values())
+            self.eps_b = self.eps_b.contiguous().clone()  # the kernel advances it in place
+            G, F, A_last, gA, gb = fused.exact_chunk(D, c, g, self.eps_b, carry and bool(self.eps), held)
+            if self.layer.b in self.acc:
+                self.acc.add(self.layer.b, gb)
+            self._close_chunk(inputs, G.flatten(0, 1), F, A_last, gA)
+            return
         if D.shape[1] == 1:
             self._step(D[:, 0].unsqueeze(1), inputs, g[:, 0])
         elif self.eps:
@@ -76,7 +89,8 @@ class ExactTraces:
             self.acc.add_eligibility(name, eps, g)
 
     def _chunk(self, D: Tensor, inputs: dict[str, Tensor], g: Tensor, carry: bool) -> None:
-        """K steps in closed form (class docstring)."""
+        """K steps in closed form (class docstring), step by step in torch: the reference of the
+        compiled `fused.exact_chunk`."""
         # D_{s+1} from the chunk's last step back: G_s = g_s + D_{s+1} G_{s+1} is the scan run
         # backwards, and F_s = D_{s+1} ⋯ D_{K-1} its running product
         later = torch.flip(torch.cat([D[:, 1:], torch.ones_like(D[:, :1])], 1), (1,))
@@ -85,6 +99,11 @@ class ExactTraces:
         held = any(eps is not None for eps in self.eps.values())
         A = torch.cumprod(D, 1) if held else None
         gA = (g * A).sum(1) if held else None  # Σ_s g_s A_s, shared by W1 and H1
+        self._close_chunk(inputs, G, F, A[:, -1] if held else None, gA)
+
+    def _close_chunk(self, inputs: dict[str, Tensor], G: Tensor, F: Tensor | None, A_last: Tensor | None,
+                     gA: Tensor | None) -> None:
+        """Add the chunk's sum to the accumulator and carry each trace out of the chunk."""
         for name, eps in self.eps.items():
             u = inputs[name]
             if eps is not None:
@@ -93,21 +112,21 @@ class ExactTraces:
             if F is not None and eps is None:
                 self.eps[name] = torch.bmm(u.transpose(1, 2), F)
             elif F is not None:
-                eps.mul_(A[:, -1].unsqueeze(1)).baddbmm_(u.transpose(1, 2), F)
+                eps.mul_(A_last.unsqueeze(1)).baddbmm_(u.transpose(1, 2), F)
 
 
 class FactorisedTraces:
     """Filtered inputs x̄^t = d x̄^{t-1} + x^t; with `decay=0` this is DRTP's trace-free form."""
 
     def __init__(self, layer: LayerSpec, n_in: int, batch: int, like: Tensor, acc: Accumulator,
-                 decay: float) -> None:
-        self.acc, self.layer, self.decay = acc, layer, decay
+                 decay: float, compiled: bool = False) -> None:
+        self.acc, self.layer, self.decay, self.compiled = acc, layer, decay, compiled
         self.x_bar = like.new_zeros(batch, n_in)
         self.y_bar = like.new_zeros(batch, layer.n)
         self.eps_b = like.new_zeros(batch, layer.n)
 
     def filtered(self, last: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
-        return (seq, last) if not self.decay else scan(last, self.decay, seq)
+        return (seq, last) if not self.decay else scan(last, self.decay, seq, self.compiled)
 
     def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
         G = g.flatten(0, 1)
@@ -121,16 +140,18 @@ class FactorisedTraces:
         if b in self.acc:
             eps_b = torch.zeros_like(g)  # DRTP: no trace, e_b = -psi
             if self.decay:
-                eps_b, self.eps_b = scan(self.eps_b, D, c)
+                eps_b, self.eps_b = scan(self.eps_b, D, c, self.compiled)
             self.acc.add(b, (g * (eps_b - 1.0)).sum((0, 1)))
 
 
 Traces = ExactTraces | FactorisedTraces
 
 
-def make_traces(kind: str, layer: LayerSpec, n_in: int, batch: int, like: Tensor, acc: Accumulator) -> Traces:
-    """One layer's traces: `exact`, `factorised` (D = the layer's leak) or `none` (DRTP: no memory)."""
+def make_traces(kind: str, layer: LayerSpec, n_in: int, batch: int, like: Tensor, acc: Accumulator,
+                compiled: bool = False) -> Traces:
+    """One layer's traces: `exact`, `factorised` (D = the layer's leak) or `none` (DRTP: no memory);
+    `compiled`: their scans as fused kernels."""
     if kind == "exact":
-        return ExactTraces(layer, batch, like, acc)
+        return ExactTraces(layer, batch, like, acc, compiled)
     decay = layer.decay if kind == "factorised" else 0.0
-    return FactorisedTraces(layer, n_in, batch, like, acc, decay)
+    return FactorisedTraces(layer, n_in, batch, like, acc, decay, compiled)

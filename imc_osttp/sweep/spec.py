@@ -239,8 +239,8 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
 
 
 def point_id(cfg: RunConfig) -> str:
-    """The config's hash without tracking, name and seed (labels and replicates)."""
-    return config_hash(cfg, {"tracking": True, "name": True, "seed": True})
+    """The config's hash without tracking, name, seed (labels and replicates) and the engine (the same run)."""
+    return config_hash(cfg, {"tracking": True, "name": True, "seed": True, "train": {"engine"}})
 
 
 def sweep_hash(points: list[Point], seeds: list[int]) -> str:
