@@ -27,8 +27,8 @@ VARIANTS = [("bptt", "exact"), ("ostl", "exact"), ("ostl_rnd", "exact"), ("drtp"
             ("osttp", "exact"), ("osttp", "factorised")]
 
 
-SHD_MODEL = ["model.recurrent=true", "model.reset=soft", "model.surrogate=fast_sigmoid", "model.decay=0.95",
-             "model.threshold_init=0.5", "model.train_threshold=false", "model.readout=leaky",
+SHD_MODEL = ["data.task=shd", "model.recurrent=true", "model.reset=soft", "model.surrogate=fast_sigmoid",
+             "model.decay=0.95", "model.threshold_init=0.5", "model.train_threshold=false", "model.readout=leaky",
              "model.readout_bias=false", "model.tau=0.99"]
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import functools
 import importlib
 import time
-from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from . import blas
 
 
 @functools.cache
@@ -52,22 +53,23 @@ def _no_h(like: Tensor) -> np.ndarray:
     return np.zeros((0, 0), _np(like).dtype)
 
 
-Surrogate = Callable[[Tensor], Tensor]
-
-
 class _SNUChunk(torch.autograd.Function):
-    """The SNU layer over a chunk, forward and backward as kernels; the surrogate ψ(S - b) is one
-    vectorised torch call between them (the online rules read it too)."""
+    """The SNU layer over a chunk, forward and backward as kernels; the forward kernel also leaves
+    the surrogate ψ(S - b) (the online rules read it too), tanh's finished by one vectorised sigmoid."""
 
     @staticmethod
     def forward(ctx, cur: Tensor, s0: Tensor, y0: Tensor, b: Tensor, H: Tensor | None, decay: float,  # type: ignore[override]
-                reset: str, surrogate: Surrogate) -> tuple[Tensor, Tensor, Tensor]:
-        S, Y = torch.empty_like(cur), torch.empty_like(cur)
+                reset: str, surrogate: str) -> tuple[Tensor, Tensor, Tensor]:
+        S, Y, psi = torch.empty_like(cur), torch.empty_like(cur), torch.empty_like(cur)
         h = _np(H) if H is not None else _no_h(cur)
-        kernels().snu_forward(_np(cur), _np(s0), _np(y0), _np(b), h, _typed(decay, S), reset == "full", S.numpy(),
-                     Y.numpy())
-        psi = surrogate(S - b)
+        tanh = surrogate == "tanh"
+        kernels().snu_forward(_np(cur), _np(s0), _np(y0), _np(b), h, _typed(decay, S), _typed(1.0, S),
+                              _typed(0.0, S), reset == "full", S.numpy(), Y.numpy(), psi.numpy(), _typed(2.0, S),
+                              _typed(100.0, S), tanh)
+        if tanh:
+            kernels().sech2(torch.sigmoid_(psi).numpy(), _typed(4.0, S), _typed(1.0, S))
         ctx.mark_non_differentiable(psi)
+        ctx.set_materialize_grads(False)  # no [B, K, n] zeros for the outputs nobody differentiates
         ctx.save_for_backward(S, Y, psi, s0, y0, b, H)
         ctx.config = (decay, reset)
         return S, Y, psi
@@ -76,24 +78,25 @@ class _SNUChunk(torch.autograd.Function):
     def backward(ctx, gS: Tensor | None, gY: Tensor | None, _gpsi: Tensor | None):  # type: ignore[override]
         S, Y, psi, s0, y0, b, H = ctx.saved_tensors
         decay, reset = ctx.config
-        gS = torch.zeros_like(S) if gS is None else gS
+        gs = _np(gS) if gS is not None else np.zeros((0, 0, 0), _np(S).dtype)
         gY = torch.zeros_like(Y) if gY is None else gY
         gcur, gs0, gy0, gb = torch.empty_like(S), torch.empty_like(s0), torch.empty_like(y0), torch.zeros_like(b)
         h = _np(H) if H is not None else _no_h(S)
-        kernels().snu_backward(_np(gS), _np(gY), S.numpy(), Y.numpy(), psi.numpy(), _np(s0), _np(y0), _np(b), h,
-                      _typed(decay, S), reset == "full", gcur.numpy(), gs0.numpy(), gy0.numpy(), gb.numpy())
+        kernels().snu_backward(gs, _np(gY), S.numpy(), Y.numpy(), psi.numpy(), _np(s0), _np(y0), _np(b), h,
+                               _typed(decay, S), _typed(1.0, S), _typed(0.0, S), reset == "full", gcur.numpy(),
+                               gs0.numpy(), gy0.numpy(), gb.numpy())
         gH = None
         if H is not None and ctx.needs_input_grad[4]:
             y_prev = torch.cat([y0.unsqueeze(1), Y[:, :-1]], 1)
-            gH = y_prev.flatten(0, 1).transpose(0, 1) @ gcur.flatten(0, 1)
+            gH = blas.addmm_(torch.zeros_like(H), y_prev.flatten(0, 1).transpose(0, 1), gcur.flatten(0, 1))
         return gcur, gs0, gy0, gb, gH, None, None, None
 
 
 def snu_chunk(cur: Tensor, s0: Tensor, y0: Tensor, b: Tensor, H: Tensor | None, decay: float, reset: str,
-              surrogate: Surrogate) -> tuple[Tensor, Tensor, Tensor]:
+              surrogate: str) -> tuple[Tensor, Tensor, Tensor]:
     """Membranes, spikes and surrogates ψ(S - b) [B, K, n] of one layer from its input currents
     `cur` = x W [B, K, n] and its state before the chunk; differentiable (the surrogate as dy/ds)
-    in every tensor input that needs it."""
+    in every tensor input that needs it. `surrogate` names one of `neuron.SURROGATES`."""
     return _SNUChunk.apply(cur, s0, y0, b, H, decay, reset, surrogate)
 
 
@@ -156,8 +159,9 @@ def warm_up(dtype: torch.dtype = torch.float32) -> float:
     zero, b = torch.zeros(2, 4, dtype=dtype), torch.full((4,), 0.5, dtype=dtype)
     for H in (None, torch.rand(4, 4, dtype=dtype, requires_grad=True)):
         cur = x.clone().requires_grad_()
-        S, Y, psi = snu_chunk(cur, zero, zero, b, H, 0.9, "full", lambda v: 1.0 - torch.tanh(v) ** 2)
-        (S.sum() + Y.sum()).backward()
+        for surrogate in ("tanh", "fast_sigmoid"):
+            S, Y, psi = snu_chunk(cur, zero, zero, b, H, 0.9, "full", surrogate)
+            (S.sum() + Y.sum()).backward()
     linear_scan(zero.requires_grad_(), x, 0.9).sum().backward()
     D, c = jacobian(x, x, x, zero, zero, zero, b, None, 0.9, "full", True)
     exact_chunk(D, c, x, zero.detach().clone(), True, True)

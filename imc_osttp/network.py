@@ -129,7 +129,9 @@ class Chunk:
         return self.layers[-1].psi
 
     def spikes(self) -> Tensor:
-        """Every hidden unit's spikes [B, K, Σ n_l]."""
+        """Every hidden unit's spikes [B, K, Σ n_l] (one layer's own tensor: no copy)."""
+        if len(self.layers) == 1:
+            return self.layers[0].y
         return torch.cat([layer.y for layer in self.layers], -1)
 
 
@@ -178,7 +180,7 @@ class SNUNet:
         if self._fuses(layer, x, b):
             H = be.read(layer.H) if layer.recurrent else None
             S_, Y_, psi = fused.snu_chunk(self._mvm(layer.W, x), state.s, state.y, b, H, layer.decay,
-                                          layer.reset, self.surrogate)
+                                          layer.reset, self.cfg.surrogate)
             if not differentiable:
                 S_, Y_ = S_.detach(), Y_.detach()
             return LayerChunk(x, S_, Y_, psi), LayerState(S_[:, -1], Y_[:, -1], psi[:, -1])

@@ -90,8 +90,8 @@ def test_fused_forward_is_bit_identical_in_float32(network, rule):
 def test_analog_backend_receives_the_same_updates(traces):
     """Tiles are read by the same calls in the same order, so an analog run's rule hands the backend
     the same update with either engine (on noise-free tiles: aihwkit's read noise cannot be seeded).
-    Tiles compute in float32, where the exact traces' chunk sums add in another order (≤ 1e-6);
-    factorised traces take the same operations in the same order (bit for bit)."""
+    Tiles compute in float32, where the exact traces' chunk sums add in another order and the fused
+    tanh surrogate is sech² from a sigmoid (≤ 1e-6 of the update's scale)."""
     pytest.importorskip("aihwkit")
     updates = {}
     for engine in ("eager", "fused"):
@@ -103,8 +103,7 @@ def test_analog_backend_receives_the_same_updates(traces):
     for name, value in updates["eager"].items():
         scale = float(value.abs().max())
         assert scale > 0
-        tol = 0.0 if traces == "factorised" else 1e-6 * scale
-        assert float((updates["fused"][name] - value).abs().max()) <= tol, name
+        assert float((updates["fused"][name] - value).abs().max()) <= 1e-6 * scale, name
 
 
 def test_recurrent_analog_layers_keep_the_eager_loop():

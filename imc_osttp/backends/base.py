@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .. import blas
+
 
 class Accumulator:
     """Sums a rule's gradient estimates until the backend applies them."""
@@ -51,7 +53,8 @@ class Accumulator:
         """Sum the buffered rank-1 terms of `name` into its dense total with one GEMM."""
         if self.pending[name]:
             lefts, rights = zip(*self.pending[name], strict=True)
-            self.sums[name].addmm_(torch.cat(lefts).transpose(0, 1), torch.cat(rights))
+            left, right = (lefts[0], rights[0]) if len(lefts) == 1 else (torch.cat(lefts), torch.cat(rights))
+            blas.addmm_(self.sums[name], left.transpose(0, 1), right)
             self.pending[name].clear()
             self.pending_rows[name] = 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import blas
 from ..config import RunConfig
 from ..optim import base_lr, clip_coefficient, make_optimizer
 from .base import Accumulator
@@ -26,13 +27,13 @@ class DigitalBackend:
         self.optimizer, self.scheduler = make_optimizer({n: self.params[n] for n in self.trainable}, cfg.optim)
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
-        return x @ self.params[name]
+        return blas.linear(x, self.params[name])
 
     def mvm_t(self, name: str, d: Tensor) -> Tensor:
-        return d @ self.params[name].transpose(0, 1)
+        return blas.linear(d, self.params[name].transpose(0, 1))
 
     def feedback(self, target: Tensor) -> Tensor:
-        return target @ self.B
+        return blas.mm(target, self.B)
 
     def feedback_matrix(self) -> Tensor:
         return self.B

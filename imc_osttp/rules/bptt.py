@@ -23,5 +23,5 @@ def bptt_update(net: SNUNet, batch: Batch):
         if grad is not None:
             acc.add(name, grad)
     stats = BatchStats(float(loss.detach()), int(batch.mask.sum()),
-                       float((spikes.detach() * batch.mask[..., None]).sum()))
+                       float((spikes.detach().sum(-1) * batch.mask).sum()))
     return acc.take(1.0 / batch.size), stats

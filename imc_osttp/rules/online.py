@@ -110,7 +110,7 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
         if net.out_c in acc:
             acc.add(net.out_c, (err * chunk.readout.bias_trace).sum((0, 1)))
         loss_sum += (net.readout.loss(chunk.logits, y_star) * mask[..., 0]).sum()
-        spikes += sum((lc.y * mask).sum() for lc in chunk.layers)  # no [B, K, Σn] concatenation
+        spikes += sum((lc.y.sum(-1) * mask[..., 0]).sum() for lc in chunk.layers)  # no [B, K, Σn] temporary
         if per_step:
             be.apply(acc.take(scale))
     stats = BatchStats(float(loss_sum), int(batch.mask.sum()), float(spikes))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import fused
+from .. import blas, fused
 from ..backends.base import Accumulator
 from ..layers import LayerSpec
 
@@ -110,9 +110,9 @@ class ExactTraces:
                 self.acc.add_eligibility(name, eps, gA)
             self.acc.add_outer(name, u.flatten(0, 1), G, crossbar=False)  # G_s needs later steps
             if F is not None and eps is None:
-                self.eps[name] = torch.bmm(u.transpose(1, 2), F)
+                self.eps[name] = blas.mm(u.transpose(1, 2), F)
             elif F is not None:
-                eps.mul_(A_last.unsqueeze(1)).baddbmm_(u.transpose(1, 2), F)
+                blas.addmm_(eps.mul_(A_last.unsqueeze(1)), u.transpose(1, 2), F)
 
 
 class FactorisedTraces:
