@@ -61,8 +61,9 @@ def measure(rule: str, traces: str, depth: int, T: int, batch: int, device: str,
         net = build_network(cfg, 88, 88)
     from imc_osttp import fused
 
-    # the kernels' compilation (or load from numba's disk cache) before the memory baseline
-    load_s = fused.warm_up(getattr(torch, cfg.train.dtype)) if engine == "fused" else 0.0
+    # the kernels' compilation (or load from numba's disk cache) before the memory baseline; the eager
+    # engine uses them too, for the event-driven products (imc_osttp/blas.py)
+    load_s = fused.warm_up(getattr(torch, cfg.train.dtype))
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -230,38 +230,30 @@ def jacobian(S, Y, psi, s_in, y_in, psi_in, b, h, d, full, exact, one, D, c):  #
 
 @nb.njit(cache=True, nogil=True)
 def event_mm(x, W, out):  # noqa: ANN001, ANN202
-    """out = x @ W reading only x's non-zero entries: for spikes, a sum of W's rows per row of x.
-    The row sums in a buffer of its own (no aliasing with W: the loop over j vectorises)."""
+    """out = x @ W reading only x's non-zero entries: for spikes, a sum of W's rows per row of x."""
     rows, m = x.shape
     n = W.shape[1]
-    acc = np.empty(n, out.dtype)
     for r in range(rows):
+        acc = out[r]
         acc[:] = 0
         for k in range(m):
             v = x[r, k]
             if v != 0:
-                w = W[k]
                 for j in range(n):
-                    acc[j] += v * w[j]
-        out[r] = acc
+                    acc[j] += v * W[k, j]
 
 
 @nb.njit(cache=True, nogil=True)
 def event_mm_t(x, g, out):  # noqa: ANN001, ANN202
-    """out += xᵀ @ g reading only x's non-zero entries (the weight gradient of `event_mm`), summed
-    in a buffer of its own."""
+    """out += xᵀ @ g reading only x's non-zero entries (the weight gradient of `event_mm`)."""
     rows, m = x.shape
     n = g.shape[1]
-    acc = np.zeros((m, n), out.dtype)
     for r in range(rows):
-        gr = g[r]
         for k in range(m):
             v = x[r, k]
             if v != 0:
-                a = acc[k]
                 for j in range(n):
-                    a[j] += v * gr[j]
-    out += acc
+                    out[k, j] += v * g[r, j]
 
 
 @nb.njit(cache=True, nogil=True)
