@@ -104,7 +104,8 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
         carry = t0 + K < batch.x.shape[1]
         for layer, tr, lc, lb, g in zip(net.layers, traces, chunk.layers, before.layers, gs, strict=True):
             D, c = net.jacobian(layer, lc, lb, exact=kind == "exact")
-            tr.advance(D, c, lc.x, shift_in(lb.y, lc.y), g, carry=carry)
+            y_prev = shift_in(lb.y, lc.y) if layer.recurrent else None  # H's input only
+            tr.advance(D, c, lc.x, y_prev, g, carry=carry)
         if net.out_w in acc:
             acc.add_outer(net.out_w, chunk.readout.trace.flatten(0, 1), err.flatten(0, 1))
         if net.out_c in acc:

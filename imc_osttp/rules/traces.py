@@ -60,8 +60,8 @@ class ExactTraces:
         self.eps: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
         self.eps_b = like.new_zeros(batch, layer.n)
 
-    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
-        inputs = {self.layer.W: x, self.layer.H: y_prev}
+    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor | None, g: Tensor, carry: bool = True) -> None:
+        inputs = {self.layer.W: x} if y_prev is None else {self.layer.W: x, self.layer.H: y_prev}
         if D.shape[1] > 1 and self.compiled and fused.applies(g):
             held = any(eps is not None for eps in self.eps.values())
             self.eps_b = self.eps_b.contiguous().clone()  # the kernel advances it in place
@@ -128,20 +128,22 @@ class FactorisedTraces:
     def filtered(self, last: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
         return (seq, last) if not self.decay else scan(last, self.decay, seq, self.compiled)
 
-    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor, g: Tensor, carry: bool = True) -> None:
+    def advance(self, D: Tensor, c: Tensor, x: Tensor, y_prev: Tensor | None, g: Tensor, carry: bool = True) -> None:
         G = g.flatten(0, 1)
         W, H, b = self.layer.W, self.layer.H, self.layer.b
         if W in self.acc:
             x_bar, self.x_bar = self.filtered(self.x_bar, x)
             self.acc.add_outer(W, x_bar.flatten(0, 1), G)
         if H in self.acc:
+            assert y_prev is not None, "a recurrent layer's traces need the previous spikes"
             y_bar, self.y_bar = self.filtered(self.y_bar, y_prev)
             self.acc.add_outer(H, y_bar.flatten(0, 1), G)
         if b in self.acc:
-            eps_b = torch.zeros_like(g)  # DRTP: no trace, e_b = -psi
+            gb = -g.sum((0, 1))  # DRTP: no trace, e_b = -psi
             if self.decay:
                 eps_b, self.eps_b = scan(self.eps_b, D, c, self.compiled)
-            self.acc.add(b, (g * (eps_b - 1.0)).sum((0, 1)))
+                gb = (g * eps_b).sum((0, 1)) + gb
+            self.acc.add(b, gb)
 
 
 Traces = ExactTraces | FactorisedTraces
