@@ -43,13 +43,13 @@ def sech2(P, four, one):  # noqa: ANN001, ANN202
 @nb.njit(cache=True, nogil=True)
 def spikes_times(y, H, rec):  # noqa: ANN001, ANN202
     """rec = y @ H for one step's spikes y [B, n]: a GEMM, or the sum of H's rows of the units that
-    spiked where fewer than a tenth did (`blas.EVENT_DENSITY`)."""
+    spiked where fewer than an eighth did (`blas.EVENT_DENSITY`)."""
     Bn, n = y.shape
     events = 0
     for i in range(Bn):
         for j in range(n):
             events += y[i, j] != 0
-    if events >= 0.1 * Bn * n:
+    if events >= 0.125 * Bn * n:
         rec[:] = y @ H
     else:
         event_mm(y, H, rec)

@@ -81,7 +81,7 @@ def test_cpu_choice_follows_the_vendor_unless_told(monkeypatch):
 
 @pytest.mark.parametrize("density", [0.05, 0.5])
 def test_recurrent_current_inside_the_kernels_matches_the_product(density):
-    """The fused recurrent loop's y H per step: events below a tenth of the units, a GEMM above."""
+    """The fused recurrent loop's y H per step: events below an eighth of the units, a GEMM above."""
     from imc_osttp.fused import kernels
 
     y = spikes(8, 40, density, seed=2)
