@@ -77,8 +77,21 @@ def _view(t: Tensor) -> np.ndarray:
     return t.numpy() if 1 in t.stride() else t.contiguous().numpy()
 
 
+def _sparse_transpose(a: Tensor, b: Tensor) -> Tensor | None:
+    """x where a = xᵀ of a sparse, contiguous x (a weight gradient's left factor), else None."""
+    if a.dim() != 2 or a.stride(0) != 1 or a.dtype != b.dtype:
+        return None
+    x = a.transpose(0, 1)
+    return x if x.is_contiguous() and _events(x) else None
+
+
 def mm(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b for 2-d (or batched 3-d) tensors, no autograd."""
+    """a @ b for 2-d (or batched 3-d) tensors, no autograd; xᵀ g of sparse x by events."""
+    x = _sparse_transpose(a, b)
+    if x is not None:
+        out = b.new_zeros(a.shape[0], b.shape[-1])
+        _kernels().event_mm_t(_view(x), b.detach().contiguous().numpy(), out.numpy())
+        return out
     if not _openblas(a, b):
         return a @ b
     out = a.new_empty(*a.shape[:-1], b.shape[-1])
@@ -89,11 +102,10 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 def addmm_(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """c += a @ b in place (c is weight-sized here, so the temporary is small); a = xᵀ of a sparse
     x adds x's events' rows of b straight into c."""
-    if c.dim() == 2 and a.dim() == 2 and a.stride(0) == 1 and c.is_contiguous() and c.dtype == a.dtype == b.dtype:
-        x = a.transpose(0, 1)
-        if x.is_contiguous() and _events(x):
-            _kernels().event_mm_t(_view(x), b.detach().contiguous().numpy(), c.numpy())
-            return c
+    x = _sparse_transpose(a, b) if c.is_contiguous() and c.dtype == a.dtype else None
+    if x is not None:
+        _kernels().event_mm_t(_view(x), b.detach().contiguous().numpy(), c.numpy())
+        return c
     if not _openblas(c, a, b):
         return c.addmm_(a, b) if c.dim() == 2 else c.baddbmm_(a, b)
     return c.add_(mm(a, b))
@@ -105,7 +117,6 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, W: Tensor, events: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, W)
-        ctx.events = events
         if not events:
             return mm(x, W)
         out = x.new_empty(x.shape[0], W.shape[1])
@@ -116,12 +127,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         x, W = ctx.saved_tensors
         gx = mm(g, W.transpose(0, 1)) if ctx.needs_input_grad[0] else None
-        gW = None
-        if ctx.needs_input_grad[1] and ctx.events:
-            gW = W.new_zeros(W.shape)
-            _kernels().event_mm_t(_view(x.contiguous()), g.contiguous().numpy(), gW.numpy())
-        elif ctx.needs_input_grad[1]:
-            gW = mm(x.transpose(0, 1), g)
+        gW = mm(x.transpose(0, 1), g) if ctx.needs_input_grad[1] else None  # by events where x is sparse
         return gx, gW, None
 
 

@@ -65,7 +65,7 @@ class _SNUChunk(torch.autograd.Function):
         tanh = surrogate == "tanh"
         kernels().snu_forward(_np(cur), _np(s0), _np(y0), _np(b), h, _typed(decay, S), _typed(1.0, S),
                               _typed(0.0, S), reset == "full", S.numpy(), Y.numpy(), psi.numpy(), _typed(2.0, S),
-                              _typed(100.0, S), tanh)
+                              _typed(100.0, S), tanh, blas.EVENT_DENSITY)
         if tanh:
             kernels().sech2(torch.sigmoid_(psi).numpy(), _typed(4.0, S), _typed(1.0, S))
         ctx.mark_non_differentiable(psi)
@@ -88,7 +88,7 @@ class _SNUChunk(torch.autograd.Function):
         gH = None
         if H is not None and ctx.needs_input_grad[4]:
             y_prev = torch.cat([y0.unsqueeze(1), Y[:, :-1]], 1)
-            gH = blas.addmm_(torch.zeros_like(H), y_prev.flatten(0, 1).transpose(0, 1), gcur.flatten(0, 1))
+            gH = blas.mm(y_prev.flatten(0, 1).transpose(0, 1), gcur.flatten(0, 1))
         return gcur, gs0, gy0, gb, gH, None, None, None
 
 

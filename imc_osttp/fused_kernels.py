@@ -41,22 +41,17 @@ def sech2(P, four, one):  # noqa: ANN001, ANN202
 
 
 @nb.njit(cache=True, nogil=True)
-def spikes_times(y, H, rec):  # noqa: ANN001, ANN202
+def spikes_times(y, H, rec, density):  # noqa: ANN001, ANN202
     """rec = y @ H for one step's spikes y [B, n]: a GEMM, or the sum of H's rows of the units that
-    spiked where fewer than an eighth did (`blas.EVENT_DENSITY`)."""
-    Bn, n = y.shape
-    events = 0
-    for i in range(Bn):
-        for j in range(n):
-            events += y[i, j] != 0
-    if events >= 0.125 * Bn * n:
+    spiked where fewer than `density` of them did (`blas.EVENT_DENSITY`)."""
+    if nonzeros(y) >= density * y.size:
         rec[:] = y @ H
     else:
         event_mm(y, H, rec)
 
 
 @nb.njit(cache=True, nogil=True)
-def snu_forward(cur, s0, y0, b, H, d, one, zero, full, S, Y, P, two, hundred, tanh):  # noqa: ANN001, ANN202
+def snu_forward(cur, s0, y0, b, H, d, one, zero, full, S, Y, P, two, hundred, tanh, density):  # noqa: ANN001, ANN202
     """S, Y over a chunk: s = membrane(cur, s, y), y = Θ(s - b); with H [n, n] the recurrent current
     y^{t-1} H (one GEMM over the batch per step) is added to cur first. P gets `surrogate_pre`."""
     Bn, K, n = cur.shape
@@ -76,7 +71,7 @@ def snu_forward(cur, s0, y0, b, H, d, one, zero, full, S, Y, P, two, hundred, ta
     y = y0.copy()
     rec = np.empty((Bn, n), S.dtype)
     for k in range(K):
-        spikes_times(y, H, rec)
+        spikes_times(y, H, rec, density)
         for i in range(Bn):
             for j in range(n):
                 s[i, j] = membrane(cur[i, k, j] + rec[i, j], s[i, j], y[i, j], b[j], d, one, full)

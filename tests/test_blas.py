@@ -87,5 +87,5 @@ def test_recurrent_current_inside_the_kernels_matches_the_product(density):
     y = spikes(8, 40, density, seed=2)
     H = torch.randn(40, 40, dtype=torch.float64)
     rec = torch.empty(8, 40, dtype=torch.float64)
-    kernels().spikes_times(y.numpy(), H.numpy(), rec.numpy())
+    kernels().spikes_times(y.numpy(), H.numpy(), rec.numpy(), blas.EVENT_DENSITY)
     assert torch.allclose(rec, y @ H, rtol=0, atol=1e-12)
