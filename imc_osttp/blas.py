@@ -6,10 +6,10 @@ sum of a few rows of W per row of x, and xᵀ g a few row additions, which a den
 exploit (`fused_kernels.event_mm`, below EVENT_DENSITY non-zeros; exact for any x, only the
 order of the sums differs from a GEMM's).
 
-torch's MKL runs these shapes (a few hundred units, K = 88–450, tens of thousands of rows) at
-a third of the CPU's speed on AMD processors: one thread of a Zen 4 core does x W for JSB's
-layer (32768 × 88 by 88 × 150) in 27 ms through MKL and 11 ms through OpenBLAS
-(`benchmarks/bench_blas.py`). The choice is made once per process and does not depend on
+torch's MKL runs these shapes (a few hundred units, K = 88–450, tens of thousands of rows)
+1.1–2.6× slower than OpenBLAS on AMD processors: one thread of a Zen 4 core does x W for JSB's
+layer (32768 × 88 by 88 × 150) in 31 ms through MKL and 12 ms through OpenBLAS
+(`benchmarks/bench_blas.py`, `results/bench_blas_cpu.md`). The choice is made once per process and does not depend on
 timing, so a seed still reproduces its run: OpenBLAS unless the CPU is Intel's, where MKL is
 at home; `IMC_OSTTP_BLAS=torch|openblas` overrides it. CUDA tensors, other dtypes and
 autograd through `linear` are handled; everything else is torch's own product.
