@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the analog backend needs aihwkit 1.2.0: run scripts/setup.sh") from exc
 
 from . import pulses
+from .drift import ConductanceDrift
 
 SEED_ROUNDING = 4  # random stream of the exact writer's rounding (builder uses 1-3)
 
@@ -297,9 +298,17 @@ class ProgrammedTile:
         self.tile.set_weights(weight.detach().transpose(0, 1).float().contiguous())
         if isinstance(self.tile, InferenceTileWithPeriphery):
             self.tile.program_weights()
-        if spec.program.drift_time > 0:
-            self.tile.drift_weights(spec.program.drift_time)
+        self.age = spec.program.drift_time  # chip seconds since programming
+        self.follow_clock = spec.program.follow_clock
+        if self.age > 0:
+            self.tile.drift_weights(self.age)
         self.tile.eval()
+
+    def advance_clock(self, seconds: float) -> None:
+        """Age the array by `seconds` of chip time if it follows the clock (its noise model's drift)."""
+        if self.follow_clock and seconds > 0:
+            self.age += seconds
+            self.tile.drift_weights(self.age)
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -307,6 +316,18 @@ class ProgrammedTile:
 
     def weight(self) -> Tensor:
         return self.tile.get_weights()[0].transpose(0, 1)
+
+
+def conductance_drift(tile, spec: DeviceSpec) -> ConductanceDrift | None:
+    """The device config's ν(G) model on one trainable tile, in the units of its devices' conductance range;
+    None where the devices do not drift (knob drift_nu 0: aihwkit then runs no drift clock)."""
+    from ..knobs import drift_parameters, pulsed_devices
+
+    drifts = drift_parameters(spec.rpu_config)
+    if not any(d.nu > 0 for d in drifts):
+        return None
+    g_max = max(d.w_max for d in pulsed_devices(spec.rpu_config))
+    return ConductanceDrift(tile, spec.drift, g_max, drifts[0].reset_tol)
 
 
 def check_optimizer(cfg: OptimConfig) -> None:
@@ -348,6 +369,9 @@ class AnalogBackend:
         self.trainable = list(trainable)
         self.time_per_update = cfg.backend.time_per_update
         self.B = ProgrammedTile(feedback, feedback_spec)
+        # a measured chip's ν(G) (device config `drift`): each tile's ν per device, redrawn at every restart
+        models = {n: conductance_drift(t.tile, spec) for n, t in self.tiles.items()} if spec.drift else {}
+        self.drift_models = {n: m for n, m in models.items() if m is not None}
         self.grad_clip = cfg.optim.grad_clip
         # the optimizer steps the digital parameters; a tile's group holds an empty placeholder
         # (never given a gradient) that carries the tile's scaled, scheduled learning rate
@@ -410,8 +434,14 @@ class AnalogBackend:
         """Let `seconds` of chip time pass: every trainable device drifts by aihwkit's power law
         W = W_w·max(t/t_0, 1)^(−ν), t counted from the device's last write (aihwkit restarts a device's
         clock at the first drift step after a write that changed it by more than drift.reset_tol)."""
-        for tile in self.tiles.values():
+        for name, tile in self.tiles.items():
+            model = self.drift_models.get(name)
+            if model is not None:
+                model.before(tile.tile)
             tile.tile.drift_weights(seconds)
+            if model is not None:
+                model.after(tile.tile)
+        self.B.advance_clock(seconds)
         self.forget_views()
 
     def forget_views(self) -> None:
