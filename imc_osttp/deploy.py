@@ -106,6 +106,12 @@ def load_deploy(path: str | Path, overrides: dict[str, Any] | None = None) -> De
     return deploy
 
 
+def mapping_scales(tile) -> torch.Tensor | None:
+    """A copy of an aihwkit tile's digital output scales (aihwkit hands out its own tensor)."""
+    scales = tile.get_mapping_scales()
+    return None if scales is None else scales.clone()
+
+
 class DriftCompensation:
     """aihwkit's global drift compensation on trainable tiles: each tile's digital output scale is
     multiplied by ref/now, the mean |output| of its one-hot read-out right after the last write
@@ -116,7 +122,9 @@ class DriftCompensation:
 
         self.gdc = GlobalDriftCompensation()
         self.tiles = {name: tile.tile for name, tile in net.backend.tiles.items()}
-        self.base = {name: tile.get_mapping_scales() for name, tile in self.tiles.items()}
+        # a copy: aihwkit returns its own scale tensor and set_mapping_scales writes a one-element one in place,
+        # so a kept reference would follow every compensation and compound it at the next update
+        self.base = {name: mapping_scales(tile) for name, tile in self.tiles.items()}
         self.factor = dict.fromkeys(self.tiles, 1.0)
         self.ref = {name: self._readout(name) for name in self.tiles}
 
@@ -145,8 +153,7 @@ def copy_chip(net: SNUNet) -> SNUNet:
         old = pulsed.tile
         new = old.rpu_config.tile_class(old.out_size, old.in_size, copy.deepcopy(old.rpu_config))
         new.tile = copy.deepcopy(old.tile)
-        scales = old.get_mapping_scales()
-        new.set_mapping_scales(None if scales is None else scales.clone())
+        new.set_mapping_scales(mapping_scales(old))
         new.mapping_lr_scale = getattr(old, "mapping_lr_scale", 1.0)
         memo[id(old)] = new
     return copy.deepcopy(net, memo)
