@@ -2,17 +2,11 @@
 write, frozen, frozen with global drift compensation, or still learning on the chip (issue 11).
 
 One deploy file trains each seed once (a tracked run, as `imc-osttp train`), copies the trained
-chip for every mode, and lets the chip clock run from the last write to each evaluation time:
+chip for every mode, and lets the chip clock run from the last write to each evaluation time; what the
+chip does meanwhile (frozen, drift-compensated, learning, and the learning modes that mitigate the
+restart of drift clocks by writes) is `imc_osttp.deploy_modes`.
 
-- `frozen`: no updates, no compensation; conductances drift by aihwkit's power law.
-- `frozen_gdc`: no updates; every trainable tile's output is rescaled by aihwkit's
-  `GlobalDriftCompensation` (the mean |output| of its one-hot read-out against the same read-out
-  right after the last write), applied as the tile's digital output scale.
-- `learning`: the config's rule keeps updating from an adaptation stream (a split replayed in a
-  seeded order) at `adaptation.rate` sequences per hour of chip time; every write restarts the
-  clock of the devices it changed. `learning_gdc` does both.
-
-Each seed's rows (`mode, seed, time_s, test_nll|test_accuracy, pulses, updates`) are appended to
+Each seed's rows (`mode, seed, time_s, test_nll|test_accuracy, updates, writes, programmed, pulses`) are appended to
 `<output_dir>/<name>.csv` when the seed is done, so an interrupted deploy resumes; every (mode, seed)
 is also an MLflow run whose metric has the decade of the time as its step (100 steps per decade).
 """
@@ -25,35 +19,22 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
-import torch
 from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from .builder import DTYPES, generator
 from .config import RunConfig, _Strict, build, config_hash, merge, read_yaml
 from .data import TaskData, load_task
-from .data.batching import batches
+from .deploy_modes import AdaptationConfig, MitigationConfig, Mode, Row, mapping_scales, run_mode
 from .errors import ConfigError
 from .network import SNUNet
-from .rules import compute_update
 
-Mode = Literal["frozen", "frozen_gdc", "learning", "learning_gdc"]
 DEFAULT_TIMES = [1.0, 60.0, 3600.0, 86400.0, 604800.0, 2592000.0, 31536000.0]  # 1 s … 1 year
 TIME_NAMES = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 day", 604800.0: "1 week",
               2592000.0: "1 month", 31536000.0: "1 year"}
-SEED_ADAPT = 5  # random stream of the adaptation stream's order (builder uses 1-3, the writer 4)
 STEPS_PER_DECADE = 100  # MLflow step of time t: round(100·log10(t / 1 s))
-
-
-class AdaptationConfig(_Strict):
-    """The stream a `learning` chip learns from after deployment."""
-
-    rate: float = Field(gt=0)  # sequences per hour of chip time
-    split: Literal["train", "valid"] = "train"
-    lr: float | None = Field(None, gt=0)  # default: the trained run's final (scheduled) lr
 
 
 class DeployConfig(_Strict):
@@ -66,6 +47,7 @@ class DeployConfig(_Strict):
     times: list[float] = Field(default_factory=lambda: list(DEFAULT_TIMES), min_length=1)
     modes: list[Mode] = Field(default_factory=lambda: ["frozen", "frozen_gdc", "learning"], min_length=1)
     adaptation: AdaptationConfig | None = None
+    mitigation: MitigationConfig = MitigationConfig()  # settings of learning_gated / learning_transfer
     output_dir: str = "results"
     workers: int = Field(1, ge=1)
 
@@ -106,48 +88,12 @@ def load_deploy(path: str | Path, overrides: dict[str, Any] | None = None) -> De
     return deploy
 
 
-def mapping_scales(tile) -> torch.Tensor | None:
-    """A copy of an aihwkit tile's digital output scales (aihwkit hands out its own tensor)."""
-    scales = tile.get_mapping_scales()
-    return None if scales is None else scales.clone()
-
-
-class DriftCompensation:
-    """aihwkit's global drift compensation on trainable tiles: each tile's digital output scale is
-    multiplied by ref/now, the mean |output| of its one-hot read-out right after the last write
-    against now. The pulse writer divides by the same scale, so learning writes stay calibrated."""
-
-    def __init__(self, net: SNUNet) -> None:
-        from aihwkit.inference.compensation.drift import GlobalDriftCompensation
-
-        self.gdc = GlobalDriftCompensation()
-        self.tiles = {name: tile.tile for name, tile in net.backend.tiles.items()}
-        # a copy: aihwkit returns its own scale tensor and set_mapping_scales writes a one-element one in place,
-        # so a kept reference would follow every compensation and compound it at the next update
-        self.base = {name: mapping_scales(tile) for name, tile in self.tiles.items()}
-        self.factor = dict.fromkeys(self.tiles, 1.0)
-        self.ref = {name: self._readout(name) for name in self.tiles}
-
-    @torch.no_grad()
-    def _readout(self, name: str) -> float:
-        """The read-out through the tile with the compensation divided out (the raw conductances)."""
-        tile = self.tiles[name]
-        out = tile.forward(self.gdc.get_readout_tensor(tile.in_size))
-        return float(self.gdc.readout(out)) / self.factor[name]
-
-    def update(self, net: SNUNet) -> None:
-        for name, tile in self.tiles.items():
-            self.factor[name] = self.ref[name] / max(self._readout(name), 1e-12)
-            base = self.base[name]
-            # a tensor: aihwkit's set_mapping_scales ignores a float once scales exist
-            tile.set_mapping_scales(torch.tensor([self.factor[name]]) if base is None else base * self.factor[name])
-        net.backend.forget_views()
-
-
 def copy_chip(net: SNUNet) -> SNUNet:
     """A deep copy of a trained network whose trainable tiles are copies of the simulator's own
     tiles (devices, bounds, drift clocks): aihwkit's Python tiles cannot be pickled with a vector unit
-    cell (`dump_extra` repeats a key), but their C++ tiles copy. The programmed B is read-only: shared."""
+    cell (`dump_extra` repeats a key), but their C++ tiles copy. The programmed B's aihwkit tile is
+    read-only and shared; where it ages with the clock, each copy keeps its own age and drifts it to
+    that age (from its programmed weights) before it is read."""
     memo: dict[int, Any] = {id(net.backend.B.tile): net.backend.B.tile}
     for pulsed in net.backend.tiles.values():
         old = pulsed.tile
@@ -159,82 +105,12 @@ def copy_chip(net: SNUNet) -> SNUNet:
     return copy.deepcopy(net, memo)
 
 
-def total_pulses(net: SNUNet) -> float:
-    """Device pulses every trainable tile has fired since the run began (NaN where not observable)."""
-    counters = [t.counter for t in net.backend.tiles.values()]
-    if any(c is None for c in counters):
-        return math.nan
-    return sum(c.total() for c in counters)
-
-
-class AdaptationStream:
-    """The split replayed in a seeded order, one batch per update, for as long as the chip runs."""
-
-    def __init__(self, cfg: RunConfig, data: TaskData, adaptation: AdaptationConfig) -> None:
-        self.split = data.train if adaptation.split == "train" else data.valid
-        self.batch_size = cfg.train.batch_size
-        self.order = generator(cfg.seed, SEED_ADAPT)
-        self.dtype, self.device = DTYPES[cfg.train.dtype], cfg.train.device
-        self._it = iter(())
-
-    def next(self):
-        batch = next(self._it, None)
-        if batch is None:
-            self._it = batches(self.split, self.batch_size, self.order)
-            batch = next(self._it)
-        return batch.to(self.dtype, self.device)
-
-
-def set_lr(net: SNUNet, lr: float) -> None:
-    for group in net.backend.optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
-
-
-Row = dict[str, Any]
-
-
 def deploy_mode(cfg: RunConfig, trained: SNUNet, data: TaskData, mode: str, times: list[float],
-                adaptation: AdaptationConfig | None, on_time: Callable[[Row], None] | None = None) -> list[Row]:
-    """Copy the trained chip and let its clock run to each of `times` (seconds after the last write),
-    evaluating the test split at each; returns one row per time."""
-    from .train import evaluate
-
-    net = copy_chip(trained)
-    backend = net.backend
-    backend.time_per_update = 0.0  # the clock is advanced here, by the deployment schedule
-    gdc = DriftCompensation(net) if mode.endswith("_gdc") else None
-    learning = mode.startswith("learning")
-    if learning:
-        stream = AdaptationStream(cfg, data, adaptation)
-        interval = 3600.0 * stream.batch_size / adaptation.rate  # chip seconds between updates
-        if adaptation.lr is not None:
-            set_lr(net, adaptation.lr)
-    pulses0, updates, now, rows = total_pulses(net), 0, 0.0, []
-    for t in times:
-        if learning:
-            while (updates + 1) * interval <= t:
-                backend.advance_clock((updates + 1) * interval - now)
-                now = (updates + 1) * interval
-                if gdc is not None:
-                    gdc.update(net)
-                grads, _ = compute_update(cfg.rule, net, stream.next())
-                if grads:
-                    backend.apply(grads)
-                updates += 1
-        backend.advance_clock(t - now)
-        now = t
-        if gdc is not None:
-            gdc.update(net)
-        metrics = evaluate(net, data.test, max(cfg.train.batch_size, 64), DTYPES[cfg.train.dtype], data.kind,
-                           cfg.train.device)
-        key = "test_accuracy" if data.kind == "classification" else "test_nll"
-        value = metrics["accuracy" if data.kind == "classification" else "nll"]
-        row = {"mode": mode, "seed": cfg.seed, "time_s": t, key: value, "updates": updates,
-               "pulses": total_pulses(net) - pulses0}
-        rows.append(row)
-        if on_time is not None:
-            on_time(row)
-    return rows
+                adaptation: AdaptationConfig | None, on_time: Callable[[Row], None] | None = None,
+                mitigation: MitigationConfig | None = None) -> list[Row]:
+    """Copy the trained chip and let its clock run to each of `times` (seconds after the last write) in
+    `mode`, evaluating the test split at each; returns one row per time (imc_osttp.deploy_modes)."""
+    return run_mode(cfg, copy_chip(trained), data, mode, times, adaptation, mitigation or MitigationConfig(), on_time)
 
 
 def _log_mode(cfg: RunConfig, experiment: str, mode: str, rows: list[dict[str, float]], trained_run: str | None,
@@ -270,7 +146,8 @@ def deploy_seed(deploy: DeployConfig, seed: int, progress: bool = False) -> list
 
     for mode in deploy.modes:
         mode_rows = deploy_mode(cfg, result.net, data, mode, deploy.times,
-                                deploy.adaptation if mode.startswith("learning") else None, on_time=show)
+                                deploy.adaptation if mode.startswith("learning") else None, on_time=show,
+                                mitigation=deploy.mitigation)
         if cfg.tracking.enabled:
             _log_mode(cfg, deploy.name, mode, mode_rows, run_id, adapt if mode.startswith("learning") else {})
         rows += [{**r, "config_hash": deploy.hash(), "trained_run_id": run_id or ""} for r in mode_rows]

@@ -13,7 +13,9 @@ import pandas as pd  # noqa: E402
 from .deploy import TIME_NAMES, DeployConfig, deploy_path  # noqa: E402
 from .figures import mean_band  # noqa: E402
 
-MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3"}  # same in every figure
+MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3", "frozen_pcdc": "C4",
+               "learning_pcdc": "C5", "learning_gated": "C6", "learning_transfer": "C9",
+               "learning_digital": "C8"}  # same in every figure
 
 
 def metric_of(rows: pd.DataFrame) -> str:
