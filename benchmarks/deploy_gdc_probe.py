@@ -92,26 +92,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deploy", default="studies/jsb_deploy.yaml")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chip", type=Path, default=None, help="load the trained chip from here (saved after training)")
+    parser.add_argument("--chip", type=Path, default=None,
+                        help="load the trained chip from here (saved there after training)")
     parser.add_argument("--out", type=Path, default=Path("results/deploy_gdc_probe.csv"))
     args = parser.parse_args()
     deploy = load_deploy(args.deploy)
     cfg = deploy.run_config(args.seed).model_copy(update={"tracking": RunConfig().tracking.model_copy(
         update={"enabled": False})})
     data = load_task(cfg.data)
+    chip_file = args.chip or Path("/tmp/deploy_gdc_probe_chip.pt")
     if args.chip is None or not args.chip.exists():
-        net = train(cfg, data, progress=False).net
-        if args.chip is not None:
-            save_chip(net, args.chip)
-    else:
-        net = load_chip(cfg, data, args.chip)
+        save_chip(train(cfg, data, progress=False).net, chip_file)
+    net = load_chip(cfg, data, chip_file)
 
     table = pd.DataFrame({"time_s": TIMES})
     for kind in ("gdc_old", "gdc", "exact"):
         table[f"nll_{kind}"], table[f"factor_W2_{kind}"] = frozen_curve(net, data, TIMES, kind)
     table["exact_over_gdc_W2"] = table["factor_W2_exact"] / table["factor_W2_gdc"]
 
-    uniform = copy_chip(net)
+    uniform = load_chip(cfg, data, chip_file)  # a fresh chip: aihwkit crashed drifting a copy of an edited copy
     for tile in uniform.backend.tiles.values():
         names, hidden = list(tile.tile.tile.get_hidden_parameter_names()), tile.tile.tile.get_hidden_parameters()
         rows = [i for i, n in enumerate(names) if n.startswith("drift_nu")]
@@ -120,10 +119,7 @@ def main() -> None:
     table["nll_uniform_nu"] = frozen_curve(uniform, data, TIMES, "gdc")[0]
     quiet = build(RunConfig, merge(cfg.model_dump(), {"backend": {"knobs": {
         **cfg.backend.knobs, "out_noise": 0.0, "inp_res": 0, "out_res": 0}}}))
-    if args.chip is None:
-        args.chip = Path("/tmp/deploy_gdc_probe_chip.pt")
-        save_chip(net, args.chip)
-    table["nll_no_io_noise"] = frozen_curve(load_chip(quiet, data, args.chip), data, TIMES, "gdc")[0]
+    table["nll_no_io_noise"] = frozen_curve(load_chip(quiet, data, chip_file), data, TIMES, "gdc")[0]
 
     one, steps = copy_chip(net), copy_chip(net)
     one.backend.advance_clock(TIMES[-1])

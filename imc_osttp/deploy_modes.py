@@ -263,8 +263,9 @@ def read_back(tile, repeats: int) -> torch.Tensor:
 @torch.no_grad()
 def program(tile, target: torch.Tensor, noise) -> int:
     """Program-and-verify every device to `target` [out, in] (aihwkit's set_weights: weight scaling and
-    differential pairs as at training start), then each device's conductance with the noise model's
-    programming noise (its conductance range mapped to the device's); returns the devices programmed."""
+    differential pairs as at training start), then each device of a unit cell with the noise model's
+    programming noise (its conductance range mapped to the device's; a single-device tile gets none);
+    returns the devices programmed."""
     from .knobs import pulsed_devices
 
     tile.set_weights(target)
@@ -279,7 +280,7 @@ def program(tile, target: torch.Tensor, noise) -> int:
             hidden[i] = noise.apply_programming_noise_to_conductance(hidden[i] * scale) / scale
         derive_pair_weights(hidden, names)
         tile.tile.set_hidden_parameters(hidden)
-    return len(devices) * target.numel()
+    return max(len(devices), 1) * target.numel()  # a single-device tile: one device per weight
 
 
 def derive_pair_weights(hidden: torch.Tensor, names: list[str]) -> None:

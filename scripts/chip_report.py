@@ -119,6 +119,27 @@ def deploy_table(results: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+def probe_table(results: Path) -> str:
+    """benchmarks/deploy_gdc_probe.py: frozen_gdc's test NLL at each time, by way of compensating."""
+    path = results / "deploy_gdc_probe.csv"
+    if not path.exists():
+        return f"*{path} not run yet.*"
+    probe = pd.read_csv(path)
+    columns = {"nll_gdc_old": "compensation as it was (compounding)", "factor_W2_gdc_old": "its factor, W2",
+               "nll_gdc": "compensation fixed", "factor_W2_gdc": "its factor, W2",
+               "nll_exact": "exact factor (no read noise)", "factor_W2_exact": "exact factor, W2",
+               "nll_uniform_nu": "fixed, every device ν = mean (no spread)",
+               "nll_no_io_noise": "fixed, noise-free unquantised converters"}
+    lines = ["| time | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
+    for _, row in probe.iterrows():
+        lines.append(f"| {TIMES.get(row['time_s'], row['time_s'])} | "
+                     + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    lines.append(f"\nSeed {int(probe['seed'].iloc[0])}. Drifting to one year in one step or in the grid's "
+                 f"steps: largest weight difference {probe['max_dw_one_vs_grid_steps'].iloc[0]:.1e}; "
+                 f"five evaluations at 1 s: std {probe['eval_std_at_1s'].iloc[0]:.4f}.")
+    return "\n".join(lines)
+
+
 def write_section(doc: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n).*?(<!-- END {re.escape(name)} -->)", re.S)
     if not pattern.search(doc):
@@ -132,7 +153,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     args = parser.parse_args()
     doc = args.doc.read_text()
-    tables = {"hil": hil_table(args.results), "hil_epochs": epoch_table(args.results)}
+    tables = {"hil": hil_table(args.results), "hil_epochs": epoch_table(args.results),
+              "gdc_probe": probe_table(args.results)}
     for name in ("jsb_deploy", "jsb_deploy_hermes"):
         tables[name] = deploy_table(args.results, name)
     for name, body in tables.items():

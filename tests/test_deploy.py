@@ -16,7 +16,14 @@ from imc_osttp.cli import main  # noqa: E402
 from imc_osttp.config import load_run_config  # noqa: E402
 from imc_osttp.data import load_task  # noqa: E402
 from imc_osttp.deploy import STEPS_PER_DECADE, copy_chip, deploy_mode  # noqa: E402
-from imc_osttp.deploy_modes import AdaptationConfig, DriftCompensation  # noqa: E402
+from imc_osttp.deploy_modes import (  # noqa: E402
+    AdaptationConfig,
+    DriftCompensation,
+    GatedLearner,
+    MitigationConfig,
+    TransferLearner,
+    run_mode,
+)
 from imc_osttp.train import train  # noqa: E402
 
 NOISE_FREE = """
@@ -159,3 +166,63 @@ def test_a_copied_chip_drifts_and_learns_on_its_own(tmp_path):
     twin.backend.advance_clock(50.0)
     assert torch.equal(net.backend.parameters()["W1"].detach(), twin.backend.parameters()["W1"].detach())
     assert not torch.equal(net.backend.parameters()["W1"].detach(), before["W1"])
+
+
+def test_per_column_compensation_undoes_a_uniform_power_law_in_every_column(tmp_path):
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    chip = copy_chip(net)
+    comp = DriftCompensation(chip, "per_column")
+    chip.backend.advance_clock(3600.0)
+    comp.update(chip)
+    for name, factor in comp.factor.items():
+        assert factor.numel() == chip.backend.tiles[name].tile.out_size
+        assert factor.tolist() == pytest.approx([3600.0 ** 0.05] * factor.numel(), rel=1e-4), name
+
+
+def test_digital_learning_never_writes_the_array(tmp_path):
+    """learning_digital moves only thresholds and biases: its devices end exactly where frozen_gdc's do."""
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    times = [8 * 3600.0]
+    chips = {}
+    for mode in ("frozen_gdc", "learning_digital"):
+        chip = copy_chip(net)
+        rows = run_mode(cfg, chip, data, mode, times, AdaptationConfig(rate=1.0), MitigationConfig())
+        chips[mode] = (chip, rows[0])
+    (frozen, _), (digital, row) = chips["frozen_gdc"], chips["learning_digital"]
+    assert row["updates"] == 2 and row["pulses"] == 0
+    for name, tile in frozen.backend.tiles.items():
+        assert torch.equal(tile.tile.tile.get_weights(), digital.backend.tiles[name].tile.tile.get_weights())
+    assert any(not torch.equal(frozen.backend.digital[n], digital.backend.digital[n]) for n in frozen.backend.digital)
+
+
+def test_error_gate_opens_only_when_the_running_mean_exceeds_the_reference_by_the_margin(tmp_path):
+    """The first `gate_window` updates set the reference and are not written; afterwards an update is written
+    only while the mean of the last `gate_window` NLLs is above reference + margin."""
+    cfg, data, net = trained_chip(tmp_path, nu=0.0)
+    gate = GatedLearner(cfg, copy_chip(net), data, AdaptationConfig(rate=1.0),
+                        MitigationConfig(gate_window=2, gate_margin=0.1))
+    decisions = [gate.accept(nll) for nll in (1.0, 1.0, 1.05, 1.3, 1.0, 0.9)]
+    assert gate.reference == 1.0
+    assert decisions == [False, False, False, True, True, False]
+
+
+def test_a_transfer_reprograms_every_device_and_restarts_every_clock(tmp_path):
+    """After a transfer the chip holds the host's weights and all its devices are young again: the fresh
+    compensation's factor an hour later is 3600^ν, whatever the chip's age at the transfer."""
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    chip = copy_chip(net)
+    chip.backend.advance_clock(86400.0)  # an old chip
+    comps = []
+    learner = TransferLearner(cfg, chip, data, AdaptationConfig(rate=1.0, lr=1e-9),
+                              MitigationConfig(program_noise="none", read_repeats=1),
+                              recompensate=lambda: comps.append(DriftCompensation(chip)))
+    host = {name: w.clone() for name, w in learner.weights.items()}
+    learner.transfer()
+    for name, tile in chip.backend.tiles.items():
+        assert torch.allclose(tile.tile.get_weights()[0], host[name], atol=1e-5), name
+    assert learner.programmed > 0
+    chip.backend.advance_clock(1.0)  # the step at which aihwkit notices the writes and restarts the clocks
+    chip.backend.advance_clock(3600.0)
+    comps[-1].update(chip)
+    for name, factor in comps[-1].factor.items():
+        assert float(factor) == pytest.approx(3601.0 ** 0.05, rel=1e-3), name
