@@ -94,16 +94,22 @@ def epoch_table(results: Path) -> str:
 
 
 def deploy_table(results: Path, name: str) -> str:
-    path = results / f"{name}.csv"
-    if not path.exists():
-        return f"*{path} not run yet.*"
-    rows = pd.read_csv(path)
+    """The rows of studies/<name>.yaml as it is now (its config hash), per mode and time, with the targets."""
+    from imc_osttp.deploy import load_deploy, own_rows
+
+    deploy = load_deploy(Path("studies") / f"{name}.yaml", {"output_dir": str(results)})
+    rows = own_rows(deploy)
+    if rows.empty:
+        return f"*{results / name}.csv: no rows of the present deploy file yet.*"
+    seeds = sorted(rows["seed"].unique())
     times = [t for t in TIMES if t in set(rows["time_s"])]
-    lines = ["| mode | " + " | ".join(TIMES[t] for t in times) + " | writes in the year | within 0.2 of 1 s, "
+    lines = [f"Seeds: {', '.join(map(str, seeds))}.", "",
+             "| mode | " + " | ".join(TIMES[t] for t in times) + " | writes in the year | within 0.2 of 1 s, "
              "every time and seed | beats frozen_gdc at 1 year, every seed |",
              "|---|" + "---:|" * len(times) + "---:|---|---|"]
     gdc = rows[rows["mode"] == "frozen_gdc"].set_index(["seed", "time_s"])["test_nll"]
-    for mode, frame in rows.groupby("mode", sort=False):
+    for mode in [m for m in deploy.modes if m in set(rows["mode"])]:
+        frame = rows[rows["mode"] == mode]
         cells = [pm(frame[frame["time_s"] == t]["test_nll"], 2) for t in times]
         per_seed = frame.pivot_table(index="seed", columns="time_s", values="test_nll")
         within = bool(((per_seed.sub(per_seed[times[0]], axis=0)).abs() <= 0.2).all().all())
@@ -111,9 +117,10 @@ def deploy_table(results: Path, name: str) -> str:
         year = times[-1]
         beats = "–" if mode == "frozen_gdc" or gdc.empty else (
             "yes" if all(per_seed.loc[s, year] < gdc.loc[(s, year)] for s in per_seed.index) else "no")
-        writes = frame[frame["time_s"] == year]["writes"].mean() if "writes" in frame else float("nan")
-        programmed = frame[frame["time_s"] == year]["programmed"].mean() if "programmed" in frame else 0
-        written = f"{writes:.0f}" + (f" (+{programmed:.2g} devices reprogrammed)" if programmed else "")
+        at_year = frame[frame["time_s"] == year]
+        written = f"{at_year['writes'].mean():.0f}" if mode.startswith("learning") else "–"
+        if at_year["programmed"].mean() > 0:
+            written += f" (and {at_year['programmed'].mean():.2g} devices reprogrammed)"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {written} | {'yes' if within else 'no'} "
                      f"(worst {worst:+.2f}) | {beats} |")
     return "\n".join(lines)
