@@ -214,11 +214,14 @@ def align_table(name: str) -> str:
 def mitigations_table(name: str) -> str:
     """The mitigation ladder: mean (min–max) over seeds per configuration and protocol."""
     frame = pd.read_csv(RESULTS / f"{name}.csv")
+
+    def spread(values: pd.Series) -> str:
+        return f"{values.mean():.2f} ({values.min():.2f}–{values.max():.2f})"
+
     rows = []
     for (row, epochs, lr), r in frame.groupby(["row", "epochs", "lr"], sort=False):
-        spread = lambda c: f"{r[c].mean():.2f} ({r[c].min():.2f}–{r[c].max():.2f})"  # noqa: E731
-        rows.append([row, r["what"].iloc[0], f"{epochs}, lr {lr:g}", len(r), spread("valid_nll"), spread("test_nll"),
-                     sci(r["device_pulses"].mean()), f"{r['max_device_pulses'].max():.0f}"
+        rows.append([row, r["what"].iloc[0], f"{epochs}, lr {lr:g}", len(r), spread(r["valid_nll"]),
+                     spread(r["test_nll"]), sci(r["device_pulses"].mean()), f"{r['max_device_pulses'].max():.0f}"
                      if r["max_device_pulses"].notna().any() else "–", f"{(r['cpu_s'] / r['epochs']).mean():.1f}"])
     return table(["configuration", "change", "epochs", "seeds", "valid NLL (best)", "test NLL (at best valid)",
                   "device pulses", "most on one device", "CPU s / epoch"], rows, right=3)

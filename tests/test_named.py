@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imc_osttp.cli import main
-from imc_osttp.named import study_file, studies
+from imc_osttp.named import studies, study_file
 from imc_osttp.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
