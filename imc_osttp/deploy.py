@@ -29,6 +29,7 @@ from .config import RunConfig, _Strict, build, config_hash, merge, read_yaml
 from .data import TaskData, load_task
 from .deploy_modes import AdaptationConfig, MitigationConfig, Mode, Row, mapping_scales, run_mode
 from .errors import ConfigError
+from .named import study_file
 from .network import SNUNet
 
 DEFAULT_TIMES = [1.0, 60.0, 3600.0, 86400.0, 604800.0, 2592000.0, 31536000.0]  # 1 s … 1 year
@@ -79,6 +80,7 @@ class DeployConfig(_Strict):
 
 
 def load_deploy(path: str | Path, overrides: dict[str, Any] | None = None) -> DeployConfig:
+    path = study_file(path)  # a path, or a shipped study's name
     data = read_yaml(path)
     if overrides:
         data = merge(data, overrides)
