@@ -142,9 +142,10 @@ class Mirror:
         self.open.pop(index).end("FAILED", (outcome.error or "").split("\n", 1)[0])
 
     def close(self, status: str, error: str | None = None) -> None:
-        """End every run still open (interrupted: KILLED) and the parent."""
+        """End the parent with `status`, and every job run still open (when interrupted) KILLED, or FAILED
+        with the error."""
         for index in list(self.open):
-            self.open.pop(index).end(status, error)
+            self.open.pop(index).end("FAILED" if status == "FAILED" and error else "KILLED", error)
         if self.parent:
             if error:
                 self.mlf.set_tag(self.parent, "error", error[:5000])

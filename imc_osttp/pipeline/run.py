@@ -96,12 +96,15 @@ def run_spec(spec: Spec, verb: str, workers: int | None = None, executor: Execut
 def _train(spec: Spec, todo: list[Job], record: Record, mirror: Mirror | None, workers: int, executor: Executor,
            address: str | None, progress: bool) -> tuple[int, int]:
     finished = failed = 0
+    ended: set[int] = set()  # a worker's last events may arrive after its outcome: they are dropped
     bar = tqdm(total=len(todo), desc=f"{spec.name}", disable=not progress)
 
     def on_event(index: int, event: str, payload: Any) -> None:
-        if mirror is not None and event == "start":
+        if mirror is None or index in ended:
+            return
+        if event == "start":
             mirror.start(index, todo[index])
-        elif mirror is not None and event == "epoch":
+        elif event == "epoch":
             mirror.epoch(index, todo[index], *payload)
 
     try:
@@ -109,6 +112,7 @@ def _train(spec: Spec, todo: list[Job], record: Record, mirror: Mirror | None, w
         with closing(execute(todo, workers, executor, address, on_event)) as results:
             for index, outcome in results:
                 job = todo[index]
+                ended.add(index)
                 if outcome.error is not None:
                     failed += 1
                     if mirror is not None:
