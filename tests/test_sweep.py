@@ -1,4 +1,5 @@
-"""Sweeps: axis expansion, nested MLflow runs, resume after an interruption, crashing points, Ray, the report."""
+"""Sweeps: axis expansion, nested MLflow runs, resume after an interruption, crashing points, the report, Ray's
+one-line refusals (a real Ray cluster, in a network namespace of its own: tests/test_ray_cluster.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from imc_osttp.errors import ConfigError
 from imc_osttp.pipeline import figures, mirror
 from imc_osttp.pipeline.record import Record
 from imc_osttp.pipeline.run import run_spec
-from imc_osttp.pipeline.spec import load_spec, parse_spec
+from imc_osttp.pipeline.spec import parse_spec
 
 SMOKE = Path(__file__).resolve().parents[1] / "studies" / "sweep_smoke.yaml"
 TINY = {"data": {"task": "jsb", "max_sequences": 4}, "model": {"hidden": 16}, "train": {"epochs": 1, "batch_size": 2}}
@@ -212,16 +213,6 @@ def test_a_crashing_point_is_failed_with_its_error_and_the_others_finish(tmp_pat
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
 
 
-def test_ray_executor_runs_the_smoke_sweep(tmp_path, jsb_path, store_uri):
-    pytest.importorskip("ray", reason="ray is an optional extra: pip install 'imc-osttp[ray]'")
-    spec = load_spec(SMOKE, {"name": "smoke_ray", "base": {"data": {"path": str(jsb_path)}},
-                             "output_dir": str(tmp_path / "results")}, "train")
-    summary = run_sweep(spec, workers=2, executor="ray")
-    assert (summary.finished, summary.failed) == (4, 0)
-    (parent,), children = runs_of(store_uri, "smoke_ray")
-    assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
-
-
 def test_missing_ray_is_one_line_and_creates_no_runs(jsb_path, store_uri, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     path = tmp_path / "no_ray.yaml"
@@ -229,3 +220,14 @@ def test_missing_ray_is_one_line_and_creates_no_runs(jsb_path, store_uri, monkey
     assert main(["sweep", str(path), "--executor", "ray"]) == 2
     assert "pip install 'imc-osttp[ray]'" in capsys.readouterr().err
     assert mlflow.MlflowClient(store_uri).get_experiment_by_name("no_ray") is None
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_creates_no_runs(tmp_path, jsb_path, store_uri, capfd):
+    pytest.importorskip("ray", reason="ray is an optional extra: pip install 'imc-osttp[ray]'")
+    path = tmp_path / "no_cluster.yaml"
+    path.write_text(yaml.safe_dump(digital_sweep(jsb_path, tmp_path, "no_cluster")))
+    assert main(["sweep", str(path), "--executor", "ray", "--ray-address", "127.0.0.1:1"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("imc-osttp: error: cannot connect to the Ray cluster at 127.0.0.1:1: ")
+    assert "refused" in err and "\n" not in err
+    assert mlflow.MlflowClient(store_uri).get_experiment_by_name("no_cluster") is None

@@ -56,10 +56,12 @@ class Record:
         migrated = not runs.empty and "results_version" not in runs
         if migrated:
             runs, history = migrate(runs, history, jobs, self.spec)
-            notes.append(f"{self.runs} re-keyed to run keys with a results version (once)")
+            notes.append(f"{self.runs} re-keyed to run keys with a results version (once)" if write else
+                         f"{self.runs} predates results versions: a run would re-key it (once)")
         stale = self._stale(runs, jobs)
         if stale.any():
-            notes += self._describe(runs[stale], jobs)
+            notes += self._describe(runs[stale], jobs, "they move to {} and are trained again" if write else
+                                    "a run would move them to {} and train them again")
         gone, done = set(keys(runs[stale])), set(keys(runs[~stale]))
         ids = {(j.key, j.seed, j.version): j.id for j in jobs}
         moved = mask(history, lambda k: k in gone)
@@ -89,18 +91,19 @@ class Record:
                        or by_id.get((key, seed), version) != version)
         return pd.Series(out, index=runs.index, dtype=bool)
 
-    def _describe(self, stale: pd.DataFrame, jobs: list[Job]) -> list[str]:
+    def _describe(self, stale: pd.DataFrame, jobs: list[Job], move: str) -> list[str]:
         now = {j.id: j.version for j in jobs}
         notes = []
-        for point, rows in stale.groupby([c for c in self.labels if c in stale] or (lambda _: ""), dropna=False):
+        labels = [c for c in self.labels if c in stale]
+        for point, rows in stale.groupby(labels, dropna=False) if labels else [((), stale)]:
             point = point if isinstance(point, tuple) else (point,)
-            what = " ".join(f"{c} '{v}'" for c, v in zip(self.labels, point, strict=False)) or "the deploy"
+            what = " ".join(f"{c} '{v}'" for c, v in zip(labels, point, strict=True)) or "the deploy"
             seeds = sorted(int(s) for s in rows["seed"].unique())
             older = [(v, now[(k, s)]) for k, s, v in zip(rows["config_hash"], rows["seed"], rows["results_version"],
                                                         strict=True) if (k, s) in now]
             why = (f"was trained by an older version of the code (results version {older[0][0]}, now {older[0][1]})"
                    if older else "changed since its rows were written")
-            notes.append(f"{what} {why} (seeds {seeds}); they move to {self.stale_runs} and are trained again")
+            notes.append(f"{what} {why} (seeds {seeds}); {move.format(self.stale_runs)}")
         return notes
 
     def run_ids(self) -> dict[tuple[str, str, str], str]:

@@ -89,7 +89,7 @@ def run_spec(spec: Spec, verb: str, workers: int | None = None, executor: Execut
         if mirror is not None:
             mirror.reconcile(jobs, record.run_ids())
         finished, failed = _train(spec, todo, record, mirror, workers, executor, address, progress)
-    return Summary(len(jobs), len(jobs) - len(todo), finished, failed, mirror and mirror.parent,
+    return Summary(len(jobs), len(jobs) - len(todo), finished, failed, mirror.parent if mirror else None,
                    tracking_uri(jobs[0].cfg.tracking.uri) if tracked else None, tuple(todo))
 
 

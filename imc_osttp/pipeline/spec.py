@@ -113,8 +113,9 @@ class Spec(_Strict):
         return seed_axes[0] if seed_axes else self.seeds or ([0] if self.axes else [0, 1, 2])
 
     def deploy_settings(self) -> DeploySettings | None:
-        return DeploySettings(times=self.times, modes=self.modes, adaptation=self.adaptation) \
-            if self.job == "deploy" else None
+        if self.job != "deploy":
+            return None
+        return DeploySettings(times=self.times, modes=self.modes, adaptation=self.adaptation)
 
     def run_config(self, variant: str, seed: int) -> RunConfig:
         """The config of one variant and seed of a study."""
