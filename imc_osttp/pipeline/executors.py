@@ -132,6 +132,8 @@ def _kill(pool: cf.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.kill()
+    for process in processes:
+        process.join()  # reaped here, not left to the exit of this process
 
 
 def import_ray() -> Any:
