@@ -41,7 +41,7 @@ class Record:
         self.export = out / f"{spec.name}_runs.csv"  # a sweep's report: its record before this version
 
     def read(self, path: Path) -> pd.DataFrame:
-        if not path.exists():
+        if not path.exists() or path.stat().st_size == 0:
             return pd.DataFrame()
         return pd.read_csv(path, dtype={c: str for c in [*self.labels, *TEXT]})
 
@@ -71,7 +71,8 @@ class Record:
             append(self.stale_runs, runs[stale])
             if not history.empty:
                 write_csv(self.history, history[~moved & ~orphan])
-            write_csv(self.runs, runs[~stale])  # the runs table last: it is the record of what is done
+            if not runs.empty:
+                write_csv(self.runs, runs[~stale])  # the runs table last: it is the record of what is done
         for note in notes:
             print(f"{self.spec.name}: {note}", file=sys.stderr)
         return {ids[k] for k in done if k in ids}, notes
