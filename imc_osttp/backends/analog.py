@@ -344,6 +344,7 @@ class AnalogBackend:
 
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:
+        check_optimizer(cfg.optim)
         knobs = cfg.backend.knobs
         spec = apply_to_spec(device_configs.load_spec(cfg.backend.device_config), knobs, "device")
         feedback_spec = apply_to_spec(device_configs.load_spec(cfg.backend.feedback_config), knobs, "feedback")
