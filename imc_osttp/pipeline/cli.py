@@ -58,7 +58,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
     for verb, (_, text) in VERBS.items():
         p = sub.add_parser(verb, help=text)
-        p.add_argument("spec", metavar=f"{verb.upper()}.yaml", help=f"{verb} file (studies/*.yaml), or a shipped one's name")
+        p.add_argument("spec", metavar=f"{verb.upper()}.yaml",
+                       help=f"{verb} file (studies/*.yaml), or a shipped one's name")
         p.add_argument("--workers", type=int, default=None, help="parallel runs (default: the file's)")
         p.add_argument("--executor", choices=EXECUTORS, default="local",
                        help="local: a process pool; ray: Ray tasks (pip install 'imc-osttp[ray]')")
