@@ -27,9 +27,10 @@ import torch
 
 from imc_osttp import device_configs
 from imc_osttp.backends.analog import Factors, PulsedTile
-from imc_osttp.builder import SEED_ORDER, build_for_task, generator
+from imc_osttp.builder import build_for_task
 from imc_osttp.config import load_run_config
 from imc_osttp.data import load_task
+from imc_osttp.seeds import generator
 from imc_osttp.train import train_epoch
 
 SHAPES = {"W1": (88, 150), "W2": (150, 88)}  # (in, out)
@@ -47,7 +48,7 @@ def epoch_row(device_config: str | None, batch: int, traces: str, epochs: int) -
     cfg = load_run_config(extra=tree)
     data = load_task(cfg.data)
     net = build_for_task(cfg, data)
-    order = generator(cfg.seed, SEED_ORDER)
+    order = generator(cfg.seed, "order")
     cpu, wall = [], []
     for _ in range(epochs):
         c, w = time.process_time(), time.perf_counter()

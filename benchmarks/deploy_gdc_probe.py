@@ -28,8 +28,8 @@ import torch
 from imc_osttp.builder import build_for_task
 from imc_osttp.config import RunConfig, build, merge
 from imc_osttp.data import load_task
-from imc_osttp.deploy import copy_chip, load_deploy
-from imc_osttp.deploy_modes import DriftCompensation
+from imc_osttp.deploy import copy_chip
+from imc_osttp.pipeline.spec import load_spec
 from imc_osttp.train import evaluate, train
 
 TIMES = [1.0, 60.0, 3600.0, 86400.0, 604800.0, 2592000.0, 31536000.0]
@@ -69,22 +69,24 @@ def exact_mean_abs(net) -> dict[str, float]:
 def frozen_curve(net, data, times: list[float], kind: str) -> tuple[list[float], list[float]]:
     """Test NLL and W2's compensation factor at each time, for one way of compensating."""
     chip = copy_chip(net)
-    comp = DriftCompensation(chip)
+    backend = chip.backend
+    backend.start_drift_compensation()
+    base = {n: t.tile.get_mapping_scales().clone() for n, t in backend.tiles.items()}
     if kind == "gdc_old":
-        comp.base = {n: tile.get_mapping_scales() for n, tile in comp.tiles.items()}  # aihwkit's live tensor
+        backend._gdc_scales = {n: t.tile.get_mapping_scales() for n, t in backend.tiles.items()}  # aihwkit's own
     ref, now, values, factors = exact_mean_abs(chip), 0.0, [], []
     for t in times:
-        chip.backend.advance_clock(t - now)
+        backend.advance_clock(t - now)
         now = t
         if kind == "exact":
-            for name, tile in comp.tiles.items():
-                comp.factor[name] = torch.tensor([ref[name] / exact_mean_abs(chip)[name]])
-                tile.set_mapping_scales(comp.base[name] * comp.factor[name])
-            chip.backend.forget_views()
+            exact = exact_mean_abs(chip)
+            for name, pulsed in backend.tiles.items():
+                pulsed.tile.set_mapping_scales(base[name] * (ref[name] / exact[name]))
+            backend.forget_views()
+            factors.append(ref["W2"] / exact["W2"])
         else:
-            comp.update(chip)
+            factors.append(backend.compensate_drift()["W2"])
         values.append(nll(chip, data))
-        factors.append(float(comp.factor["W2"].mean()))
     return values, factors
 
 
@@ -96,9 +98,8 @@ def main() -> None:
                         help="load the trained chip from here (saved there after training)")
     parser.add_argument("--out", type=Path, default=Path("results/deploy_gdc_probe.csv"))
     args = parser.parse_args()
-    deploy = load_deploy(args.deploy)
-    cfg = deploy.run_config(args.seed).model_copy(update={"tracking": RunConfig().tracking.model_copy(
-        update={"enabled": False})})
+    job = next(j for j in load_spec(args.deploy, job="deploy").jobs() if j.seed == args.seed)
+    cfg = job.cfg.model_copy(update={"tracking": RunConfig().tracking.model_copy(update={"enabled": False})})
     data = load_task(cfg.data)
     chip_file = args.chip or Path("/tmp/deploy_gdc_probe_chip.pt")
     if args.chip is None or not args.chip.exists():

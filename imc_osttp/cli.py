@@ -1,12 +1,14 @@
-"""Command line: `imc-osttp train|study|deploy|align|encode-audio ...`.
+"""Command line: `imc-osttp train|study|sweep|deploy|report|align|encode-audio ...`.
 
-Bad input ends in one line on stderr (exit 2), never a traceback.
+Bad input ends in one line on stderr (exit 2), never a traceback. SIGTERM (what a batch scheduler sends at
+its time limit) is handled as Ctrl-C: finished runs are kept, unfinished ones marked KILLED (exit 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -26,28 +28,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if run_id:
         print(f"MLflow run {run_id} in {tracking_uri(cfg.tracking.uri)}")
     return 1 if result.diverged else 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from .config import parse_overrides
-    from .report import report_study
-    from .study import load_study, run_study
-
-    study = load_study(args.study, parse_overrides(args.set) if args.set else None)
-    runs = run_study(study, workers=args.workers)
-    print(report_study(study, runs))
-    return 0
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from .config import parse_overrides
-    from .deploy import load_deploy, run_deploy
-    from .deploy_report import report_deploy
-
-    deploy = load_deploy(args.deploy, parse_overrides(args.set) if args.set else None)
-    rows = run_deploy(deploy, workers=args.workers)
-    print(report_deploy(deploy, rows))
-    return 0
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -89,21 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=1e-3")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("study", help="run variants × seeds, write results/<name>.csv and a figure")
-    p.add_argument("study", help="study YAML, or a shipped study's name (jsb_quick)")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: the study's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a study field, e.g. base.train.epochs=2")
-    p.set_defaults(func=cmd_study)
-
-    p = sub.add_parser("deploy", help="train, then evaluate the chip from 1 s to 1 year after its last write "
-                       "(frozen, drift-compensated, learning); write results/<name>.csv and a figure")
-    p.add_argument("deploy", help="deploy YAML, or a shipped one's name (jsb_deploy)")
-    p.add_argument("--workers", type=int, default=None, help="seeds in parallel processes (default: the file's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. base.train.epochs=2 or adaptation.rate=4")
-    p.set_defaults(func=cmd_deploy)
-
     p = sub.add_parser("align", help="every rule's update against the BPTT gradient on one batch")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -119,22 +84,36 @@ def build_parser() -> argparse.ArgumentParser:
     from .audio import add_encode_audio_parser
 
     add_encode_audio_parser(sub)
-    from .sweep.cli import add_sweep_parsers
+    from .pipeline.cli import add_pipeline_parsers
 
-    add_sweep_parsers(sub)
+    add_pipeline_parsers(sub)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so both take the same way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except UserError as exc:
         print(f"imc-osttp: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("imc-osttp: terminated (SIGTERM); finished runs are kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("imc-osttp: interrupted; finished runs are kept", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

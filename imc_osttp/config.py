@@ -299,7 +299,7 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str = "config") 
                 close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 lines.append(f"{key}: unknown key{hint}")
-            elif err["type"] == "value_error" and re.match(r"Value error, [a-z_]+(\.\w+)+: ", str(err["msg"])):
+            elif err["type"] == "value_error" and re.match(r"Value error, [a-z_]+(\.\w+)*: ", str(err["msg"])):
                 lines.append(str(err["msg"]).removeprefix("Value error, "))  # our validators name the key
             else:
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")

@@ -1,200 +1,193 @@
-"""Deployment over time: a trained analog network's test metric at log-spaced times after its last
-write, frozen, frozen with global drift compensation, or still learning on the chip (issue 11).
+"""Deployment over time: a trained chip's test metric at log-spaced times after its last write, frozen,
+frozen with drift compensation, or still learning on the chip (issue 11; the mitigating modes of issue 22
+are in imc_osttp/deploy_modes.py).
 
-One deploy file trains each seed once (a tracked run, as `imc-osttp train`), copies the trained
-chip for every mode, and lets the chip clock run from the last write to each evaluation time; what the
-chip does meanwhile (frozen, drift-compensated, learning, and the learning modes that mitigate the
-restart of drift clocks by writes) is `imc_osttp.deploy_modes`.
+A deploy job (imc_osttp/pipeline, `imc-osttp deploy`) trains a seed, then gives every mode its own copy of
+the trained chip and lets the chip clock run from the last write to each evaluation time:
 
-Each seed's rows (`mode, seed, time_s, test_nll|test_accuracy, updates, writes, programmed, pulses`) are appended to
-`<output_dir>/<name>.csv` when the seed is done, so an interrupted deploy resumes; every (mode, seed)
-is also an MLflow run whose metric has the decade of the time as its step (100 steps per decade).
+- `frozen`: no updates, no compensation; conductances drift by aihwkit's power law.
+- `frozen_gdc`: no updates; every trainable tile's output is rescaled by aihwkit's
+  `GlobalDriftCompensation` (the backend's `compensate_drift`).
+- `learning`: the config's rule keeps updating from an adaptation stream (a split replayed in a
+  seeded order) at `adaptation.rate` sequences per hour of chip time; every write restarts the
+  clock of the devices it changed. `learning_gdc` does both.
+
+A mode is an entry of `MODES`; every deployment runs on its own copy of it. To add one, subclass `Mode` where
+the chip needs more than an update stream and compensation (override `start`, `tend`, `write`, and
+`next_event`/`event` for events of its own, such as reprogramming) and register it, e.g. in this module:
+
+    class LearningRefresh(Mode):
+        def tend(self, backend): ...               # before every update and every evaluation
+    MODES["learning_refresh"] = LearningRefresh(learns=True)
+
+Deploy files then accept `modes: [learning_refresh]`; a `learns` mode needs the file's `adaptation`, and the
+file's `mitigation` section holds the settings of the modes that have any (imc_osttp/deploy_modes.py).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import sys
 from collections.abc import Callable
-from functools import partial
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import pandas as pd
-from pydantic import Field, field_validator, model_validator
-from tqdm.auto import tqdm
+from pydantic import Field
 
-from .config import RunConfig, _Strict, build, config_hash, merge, read_yaml
-from .data import TaskData, load_task
-from .deploy_modes import AdaptationConfig, MitigationConfig, Mode, Row, mapping_scales, run_mode
-from .errors import ConfigError
-from .named import study_file
-from .network import SNUNet
+from .backends.base import Backend
+from .config import RunConfig, _Strict
+from .optim import set_lr
+from .seeds import generator
 
 DEFAULT_TIMES = [1.0, 60.0, 3600.0, 86400.0, 604800.0, 2592000.0, 31536000.0]  # 1 s … 1 year
 TIME_NAMES = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 day", 604800.0: "1 week",
               2592000.0: "1 month", 31536000.0: "1 year"}
-STEPS_PER_DECADE = 100  # MLflow step of time t: round(100·log10(t / 1 s))
+DEFAULT_MODES = ["frozen", "frozen_gdc", "learning"]
 
 
-class DeployConfig(_Strict):
-    """A deploy file: the training config, the seeds, the evaluation times and the modes."""
+class AdaptationConfig(_Strict):
+    """The stream a learning chip learns from after deployment."""
 
-    name: str
-    description: str = ""
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    base: dict[str, Any] = Field(default_factory=dict)
-    times: list[float] = Field(default_factory=lambda: list(DEFAULT_TIMES), min_length=1)
-    modes: list[Mode] = Field(default_factory=lambda: ["frozen", "frozen_gdc", "learning"], min_length=1)
-    adaptation: AdaptationConfig | None = None
-    mitigation: MitigationConfig = MitigationConfig()  # settings of learning_gated / learning_transfer
-    output_dir: str = "results"
-    workers: int = Field(1, ge=1)
-
-    @field_validator("times")
-    @classmethod
-    def _increasing(cls, times: list[float]) -> list[float]:
-        if times[0] <= 0 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
-            raise ValueError(f"times: seconds after the last write, positive and increasing (got {times})")
-        return times
-
-    @model_validator(mode="after")
-    def _learning_needs_stream(self) -> DeployConfig:
-        if any(m.startswith("learning") for m in self.modes) and self.adaptation is None:
-            raise ValueError("adaptation: the learning modes need adaptation.rate (sequences per hour)")
-        return self
-
-    def run_config(self, seed: int) -> RunConfig:
-        data = merge(self.base, {"seed": seed, "name": f"{self.name}/trained"})
-        data.setdefault("tracking", {}).setdefault("experiment", self.name)
-        cfg = build(RunConfig, data, source=f"deploy {self.name}")
-        if cfg.backend.kind != "analog":
-            raise ConfigError(f"deploy {self.name}: base.backend.kind must be 'analog' (digital weights do not drift)")
-        return cfg
-
-    def hash(self) -> str:
-        """What a row was produced with: everything but the labels, the seeds and where results go."""
-        return config_hash(self, {"name": True, "description": True, "seeds": True, "output_dir": True,
-                                  "workers": True})
+    rate: float = Field(gt=0)  # sequences per hour of chip time
+    split: Literal["train", "valid"] = "train"
+    lr: float | None = Field(None, gt=0)  # default: the trained run's final (scheduled) lr
 
 
-def load_deploy(path: str | Path, overrides: dict[str, Any] | None = None) -> DeployConfig:
-    path = study_file(path)  # a path, or a shipped study's name
-    data = read_yaml(path)
-    if overrides:
-        data = merge(data, overrides)
-    deploy = build(DeployConfig, data, source=str(path))
-    for seed in deploy.seeds:
-        deploy.run_config(seed)  # a typo in the base fails before any training
-    return deploy
+class MitigationConfig(_Strict):
+    """The settings of the modes that mitigate the restart of drift clocks (imc_osttp/deploy_modes.py)."""
+
+    gate_margin: float = Field(0.1, ge=0)  # learning_gated: nats per frame above the stream's NLL at deployment
+    gate_window: int = Field(48, ge=1)  # learning_gated: updates in the running mean of the stream's NLL
+    transfer_every: float = Field(86400.0, gt=0)  # learning_transfer: chip seconds between reprogrammings
+    read_repeats: int = Field(16, ge=1)  # learning_transfer: reads averaged when the array is read back
+    # learning_transfer's programming noise per device: aihwkit's PCMLikeNoiseModel (Nandakumar et al. 2019),
+    # HermesNoiseModel fitted on one HERMES device (Le Gallo et al. 2023), or none
+    program_noise: Literal["pcm", "hermes", "none"] = "pcm"
 
 
-def copy_chip(net: SNUNet) -> SNUNet:
-    """A deep copy of a trained network whose trainable tiles are copies of the simulator's own
-    tiles (devices, bounds, drift clocks): aihwkit's Python tiles cannot be pickled with a vector unit
-    cell (`dump_extra` repeats a key), but their C++ tiles copy. The programmed B's aihwkit tile is
-    read-only and shared; where it ages with the clock, each copy keeps its own age and drifts it to
-    that age (from its programmed weights) before it is read."""
-    memo: dict[int, Any] = {id(net.backend.B.tile): net.backend.B.tile}
-    for pulsed in net.backend.tiles.values():
-        old = pulsed.tile
-        new = old.rpu_config.tile_class(old.out_size, old.in_size, copy.deepcopy(old.rpu_config))
-        new.tile = copy.deepcopy(old.tile)
-        new.set_mapping_scales(mapping_scales(old))
-        new.mapping_lr_scale = getattr(old, "mapping_lr_scale", 1.0)
-        memo[id(old)] = new
-    return copy.deepcopy(net, memo)
+@dataclass
+class Mode:
+    """How a deployed chip spends its time: whether it learns from the adaptation stream, and whether its
+    output is rescaled by drift compensation (aihwkit's global one, or per output column). `MODES` holds
+    templates: each deployment runs on a copy, which may keep state of its own."""
+
+    learns: bool
+    compensated: bool = False
+    per_column: bool = False
+    programmed: int = 0  # devices reprogrammed so far (modes that reprogram)
+
+    def start(self, backend: Backend, mitigation: MitigationConfig) -> None:
+        """Once, on the fresh copy of the trained chip (right after its last training write)."""
+        if self.compensated:
+            backend.start_drift_compensation(per_column=self.per_column)
+
+    def tend(self, backend: Backend) -> None:
+        """Before every update and every evaluation."""
+        if self.compensated:
+            backend.compensate_drift()
+
+    def write(self, backend: Backend, grads: dict[str, Any], nll: float) -> bool:
+        """One update of the adaptation stream (`nll`: its NLL per frame): written at once; True if it was."""
+        backend.apply(grads)
+        return True
+
+    def next_event(self) -> float:
+        """Chip time of the mode's next event of its own (none: infinity); an event due at an evaluation time
+        comes after that evaluation, an update due then before it."""
+        return math.inf
+
+    def event(self, backend: Backend) -> None:
+        """The event `next_event` announced."""
 
 
-def deploy_mode(cfg: RunConfig, trained: SNUNet, data: TaskData, mode: str, times: list[float],
+MODES: dict[str, Mode] = {"frozen": Mode(learns=False), "frozen_gdc": Mode(learns=False, compensated=True),
+                          "learning": Mode(learns=True), "learning_gdc": Mode(learns=True, compensated=True)}
+
+
+class AdaptationStream:
+    """The split replayed in a seeded order, one batch per update, for as long as the chip runs."""
+
+    def __init__(self, cfg: RunConfig, data, adaptation: AdaptationConfig) -> None:
+        self.split = data.train if adaptation.split == "train" else data.valid
+        self.batch_size = cfg.train.batch_size
+        self.order = generator(cfg.seed, "adaptation")
+        self.dtype, self.device = cfg.train.dtype, cfg.train.device
+        self._it = iter(())
+
+    def next(self):
+        from .builder import DTYPES
+        from .data.batching import batches
+
+        batch = next(self._it, None)
+        if batch is None:
+            self._it = batches(self.split, self.batch_size, self.order)
+            batch = next(self._it)
+        return batch.to(DTYPES[self.dtype], self.device)
+
+
+def copy_chip(net):
+    """A deep copy of a trained network around a copy of its backend (`Backend.copy`)."""
+    return copy.deepcopy(net, {id(net.backend): net.backend.copy()})
+
+
+Row = dict[str, Any]
+
+
+def deploy_mode(cfg: RunConfig, trained, data, mode: str, times: list[float],
                 adaptation: AdaptationConfig | None, on_time: Callable[[Row], None] | None = None,
                 mitigation: MitigationConfig | None = None) -> list[Row]:
-    """Copy the trained chip and let its clock run to each of `times` (seconds after the last write) in
-    `mode`, evaluating the test split at each; returns one row per time (imc_osttp.deploy_modes)."""
-    return run_mode(cfg, copy_chip(trained), data, mode, times, adaptation, mitigation or MitigationConfig(), on_time)
+    """Copy the trained chip and let its clock run to each of `times` (seconds after the last write),
+    evaluating the test split at each; returns one row per time (`updates` computed, `writes` that reached
+    the chip or its periphery, devices `programmed`, device `pulses`)."""
+    from .builder import DTYPES
+    from .rules import compute_update
+    from .train import evaluate
 
+    kind = copy.deepcopy(MODES[mode])
+    net = copy_chip(trained)
+    backend = net.backend
+    backend.time_per_update = 0.0  # the clock is advanced here, by the deployment schedule
+    kind.start(backend, mitigation or MitigationConfig())
+    interval = math.inf
+    if kind.learns:
+        stream = AdaptationStream(cfg, data, adaptation)
+        interval = 3600.0 * stream.batch_size / adaptation.rate  # chip seconds between updates
+        if adaptation.lr is not None:
+            set_lr(backend.optimizer, adaptation.lr)
+    pulses0, updates, writes, now, rows = backend.pulse_total(), 0, 0, 0.0, []
 
-def _log_mode(cfg: RunConfig, experiment: str, mode: str, rows: list[dict[str, float]], trained_run: str | None,
-              extra: dict[str, Any]) -> None:
-    """One MLflow run per (mode, seed): the metric against log time (step = 100·log10(t/s))."""
-    from .tracking import start_run
+    def advance(to: float) -> None:
+        nonlocal now
+        backend.advance_clock(to - now)
+        now = to
+        kind.tend(backend)
 
-    tags = {"deploy_mode": mode, **({"trained_run_id": trained_run} if trained_run else {})}
-    with start_run(cfg, experiment, extra_tags=tags, variant=mode) as logger:
-        logger.log_params({f"deploy.{k}": v for k, v in extra.items()})
-        for row in rows:
-            step = round(STEPS_PER_DECADE * math.log10(row["time_s"]))
-            logger.log_metrics({k: float(v) for k, v in row.items() if k not in ("mode", "seed")}, step=step)
-
-
-def deploy_seed(deploy: DeployConfig, seed: int, progress: bool = False) -> list[dict[str, Any]]:
-    """Train one seed, then run every mode from copies of its trained chip; the seed's rows."""
-    from .runner import run
-
-    cfg = deploy.run_config(seed)
-    data = load_task(cfg.data)
-    result, run_id = run(cfg, data, experiment=deploy.name, progress=progress, variant="trained")
-    if result.diverged or result.net is None:
-        raise ConfigError(f"deploy {deploy.name}: seed {seed} diverged in training; nothing to deploy")
-    adapt = deploy.adaptation.model_dump() if deploy.adaptation else {}
-    rows: list[dict[str, Any]] = []
-    print(f"deploy {deploy.name}: seed {seed} trained ({len(result.history)} epochs)", file=sys.stderr, flush=True)
-
-    def show(row: dict[str, Any]) -> None:  # progress of the long modes, one line per evaluation
-        value = row.get("test_nll", row.get("test_accuracy"))
-        print(f"deploy {deploy.name}: seed {seed} {row['mode']} at {TIME_NAMES.get(row['time_s'], row['time_s'])}: "
-              f"{value:.3f} ({row['updates']} updates)", file=sys.stderr, flush=True)
-
-    for mode in deploy.modes:
-        mode_rows = deploy_mode(cfg, result.net, data, mode, deploy.times,
-                                deploy.adaptation if mode.startswith("learning") else None, on_time=show,
-                                mitigation=deploy.mitigation)
-        if cfg.tracking.enabled:
-            _log_mode(cfg, deploy.name, mode, mode_rows, run_id, adapt if mode.startswith("learning") else {})
-        rows += [{**r, "config_hash": deploy.hash(), "trained_run_id": run_id or ""} for r in mode_rows]
+    for t in times:
+        while True:
+            update_at, event_at = (updates + 1) * interval, kind.next_event()
+            if update_at <= t and update_at <= event_at:
+                advance(update_at)
+                grads, stats = compute_update(cfg.rule, net, stream.next())
+                updates += 1
+                if grads and kind.write(backend, grads, stats.loss_sum / max(stats.frames, 1)):
+                    writes += 1
+            elif event_at < t:
+                backend.advance_clock(event_at - now)
+                now = event_at
+                kind.event(backend)
+            else:
+                break
+        advance(t)
+        metrics = evaluate(net, data.test, max(cfg.train.batch_size, 64), DTYPES[cfg.train.dtype], data.kind,
+                           cfg.train.device)
+        key = "test_accuracy" if data.kind == "classification" else "test_nll"
+        value = metrics["accuracy" if data.kind == "classification" else "nll"]
+        row = {"mode": mode, "seed": cfg.seed, "time_s": t, key: value, "updates": updates, "writes": writes,
+               "programmed": kind.programmed, "pulses": backend.pulse_total() - pulses0}
+        rows.append(row)
+        if on_time is not None:
+            on_time(row)
     return rows
 
 
-def deploy_path(deploy: DeployConfig) -> Path:
-    return Path(deploy.output_dir) / f"{deploy.name}.csv"
-
-
-def own_rows(deploy: DeployConfig) -> pd.DataFrame:
-    """The CSV's rows made with this deploy file's settings, its seeds and modes (others stay in the file)."""
-    path = deploy_path(deploy)
-    if not path.exists():
-        return pd.DataFrame(columns=["mode", "seed", "time_s", "config_hash"])
-    frame = pd.read_csv(path, dtype={"config_hash": str, "mode": str})
-    return frame[(frame["config_hash"] == deploy.hash()) & frame["seed"].isin(deploy.seeds)
-                 & frame["mode"].isin(deploy.modes)]
-
-
-def done_seeds(deploy: DeployConfig) -> set[int]:
-    """Seeds whose every mode already has rows made with this deploy file's settings."""
-    frame = own_rows(deploy)
-    need = {(m, t) for m in deploy.modes for t in deploy.times}
-    return {int(s) for s, rows in frame.groupby("seed") if need <= set(zip(rows["mode"], rows["time_s"], strict=True))}
-
-
-def run_deploy(deploy: DeployConfig, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train and deploy every seed not yet done (seeds in parallel processes); returns this file's rows.
-    Rows made with other settings stay in the CSV but are neither reused nor returned."""
-    from .study import append_csv
-    from .sweep.executors import pool_map
-
-    path = deploy_path(deploy)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in deploy.seeds if s not in done_seeds(deploy)]
-    tracking = deploy.run_config(deploy.seeds[0]).tracking
-    if todo and tracking.enabled:
-        from .tracking import prepare_store
-
-        prepare_store(tracking.uri, deploy.name)
-    bar = tqdm(total=len(todo), desc=f"deploy {deploy.name}", disable=not progress)
-    if todo:
-        for _, rows in pool_map(partial(deploy_seed, deploy), [(s, s) for s in todo], workers or deploy.workers):
-            append_csv(path, rows)  # each seed as it finishes: an interrupted deploy keeps it
-            bar.update(1)
-    bar.close()
-    return own_rows(deploy)
+from . import deploy_modes  # noqa: E402, F401  (registers the mitigating modes in MODES)

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .builder import DTYPES, SEED_ORDER, build_for_task, generator
+from .builder import DTYPES, build_for_task
 from .config import RunConfig
 from .data.batching import Split, TaskData, batches
 from .network import SNUNet
 from .rules import compute_update
+from .seeds import generator
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -89,7 +90,7 @@ def train(cfg: RunConfig, data: TaskData, on_epoch: EpochCallback | None = None,
     torch.manual_seed(cfg.seed)
     dtype = DTYPES[cfg.train.dtype]
     net = build_for_task(cfg, data)
-    order = generator(cfg.seed, SEED_ORDER)
+    order = generator(cfg.seed, "order")
     result = RunResult(cfg, net=net)
     eval_bs = max(cfg.train.batch_size, 64)
     epochs = tqdm(range(1, cfg.train.epochs + 1), desc=cfg.name, disable=not progress)

@@ -136,11 +136,18 @@ def early_table(name: str, epochs: int) -> str:
 
 
 def deploy_rows(name: str) -> tuple[dict, pd.DataFrame]:
-    """The deploy file and the rows made with its present settings (its config hash), for its seeds."""
-    from imc_osttp.deploy import load_deploy, own_rows
+    """The deploy file and the rows of its present jobs (run key: config hash, seed and results version)."""
+    from imc_osttp.pipeline.spec import load_spec
 
-    deploy = load_deploy(STUDIES / f"{name}.yaml", {"output_dir": str(RESULTS)})
-    return study_file(name), own_rows(deploy)
+    keys = {(j.key, j.seed, j.version) for j in load_spec(STUDIES / f"{name}.yaml", job="deploy").jobs()}
+    path = RESULTS / f"{name}.csv"
+    rows = pd.read_csv(path, dtype={"config_hash": str, "results_version": str, "mode": str}) if path.exists() \
+        else pd.DataFrame()
+    if rows.empty or "results_version" not in rows:
+        return study_file(name), rows.iloc[0:0]
+    mine = [(k, int(s), v) in keys for k, s, v in zip(rows["config_hash"], rows["seed"], rows["results_version"],
+                                                      strict=True)]
+    return study_file(name), rows[mine]
 
 
 def deploy_table(name: str) -> str:

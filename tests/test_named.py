@@ -8,7 +8,7 @@ import pytest
 
 from imc_osttp.cli import main
 from imc_osttp.named import studies, study_file
-from imc_osttp.study import load_study
+from imc_osttp.pipeline.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_a_study_name_is_the_shipped_file():
     assert studies() == sorted(p.stem for p in (REPO / "studies").glob("*.yaml"))
     assert study_file("jsb_quick").samefile(REPO / "studies" / "jsb_quick.yaml")
-    assert load_study("jsb_quick") == load_study(REPO / "studies" / "jsb_quick.yaml")
+    assert load_spec("jsb_quick") == load_spec(REPO / "studies" / "jsb_quick.yaml")
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -12,20 +12,22 @@ dense update matrix goes through the pulse writer of the device config.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import device_configs
-from ..builder import generator
 from ..config import OptimConfig, RunConfig
 from ..device_configs import DeviceSpec
 from ..errors import ConfigError
 from ..knobs import apply_to_spec
 from ..layers import matrix_slots
 from ..optim import base_lr, clip_coefficient, group_lrs, make_optimizer
+from ..seeds import generator, tile_seeds
 from .base import Accumulator
 
 try:
@@ -36,8 +38,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import pulses
 from .drift import ConductanceDrift
-
-SEED_ROUNDING = 4  # random stream of the exact writer's rounding (builder uses 1-3)
 
 
 @dataclass
@@ -268,6 +268,12 @@ class PulsedTile:
         self.counter.add_counts(n.double())
 
 
+def mapping_scales(tile) -> Tensor | None:
+    """A copy of an aihwkit tile's digital output scales (aihwkit hands out its own tensor)."""
+    scales = tile.get_mapping_scales()
+    return None if scales is None else scales.clone()
+
+
 def set_baseline(tile, device, g0: float) -> None:
     """Raise both devices of every pair by the same amount, g0 or what the fuller device's bound still
     allows, so W is unchanged: pulses start on the flatter part of the curve."""
@@ -346,6 +352,22 @@ class AnalogBackend:
 
     kind = "analog"
     products_are_reads = False
+    # 2: the visible weights of a refreshing cell are re-derived after every write (issue 10); 1: before
+    results_version = "analog2"
+    has_clock = True
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        """Plain SGD on the CPU, and device configs that exist and take the config's knobs."""
+        check_optimizer(cfg.optim)
+        if cfg.train.device.split(":")[0] != "cpu":
+            raise ConfigError("train.device: the analog backend runs on the CPU (aihwkit's CPU build)")
+        for role, name in (("device", cfg.backend.device_config), ("feedback", cfg.backend.feedback_config)):
+            apply_to_spec(device_configs.load_spec(name), cfg.backend.knobs, role)
+
+    @staticmethod
+    def run_tags(cfg: RunConfig) -> dict[str, str]:
+        return {"backend": "analog", "device_config": cfg.backend.device_config}
 
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:
@@ -353,12 +375,13 @@ class AnalogBackend:
         knobs = cfg.backend.knobs
         spec = apply_to_spec(device_configs.load_spec(cfg.backend.device_config), knobs, "device")
         feedback_spec = apply_to_spec(device_configs.load_spec(cfg.backend.feedback_config), knobs, "feedback")
-        rounding = generator(cfg.seed, SEED_ROUNDING)
+        rounding = generator(cfg.seed, "rounding")
         self.dtype = params["W1"].dtype
-        # aihwkit draws device-to-device variation from construction_seed (0 would mean the clock);
-        # every trainable tile is built from the same knob-applied spec, so a sweep knob reaches all
-        self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=1 + 10 * cfg.seed + i)
-                      for i, n in enumerate(matrix_slots(cfg.model.depth)) if n in params}
+        # aihwkit draws device-to-device variation from construction_seed (imc_osttp/seeds.py); every
+        # trainable tile is built from the same knob-applied spec, so a sweep knob reaches all
+        slots = matrix_slots(cfg.model.depth)
+        seeds = dict(zip(slots, tile_seeds(cfg.seed, len(slots)), strict=True))
+        self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=seeds[n]) for n in slots if n in params}
         unobserved = sorted({t.algorithm for t in self.tiles.values() if t.algorithm})
         if unobserved:
             warnings.warn(f"{', '.join(unobserved)} runs aihwkit's own training algorithm: its transfer pulses "
@@ -379,6 +402,10 @@ class AnalogBackend:
             {n: self.digital[n] if n in self.digital else torch.nn.Parameter(torch.zeros(0)) for n in self.trainable},
             cfg.optim)
         self._views: dict[str, Tensor] = {}
+        self._gdc: Any = None  # aihwkit's GlobalDriftCompensation, once started
+        self._gdc_ref: dict[str, Tensor] = {}
+        self._gdc_factor: dict[str, Tensor] = {}
+        self._gdc_scales: dict[str, Tensor | None] = {}
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
         out = self.tiles[name].forward(x)
@@ -443,6 +470,55 @@ class AnalogBackend:
                 model.after(tile.tile)
         self.B.advance_clock(seconds)
         self.forget_views()
+
+    def copy(self) -> AnalogBackend:
+        """aihwkit's Python tiles cannot be deep-copied with a vector unit cell (`dump_extra` repeats a key),
+        but their C++ tiles copy: each trainable tile is rebuilt around a copy of its C++ tile (devices,
+        bounds, drift clocks). The programmed B's aihwkit tile is read-only and shared; where it ages with the
+        clock, each copy keeps its own age and drifts it to that age (from its programmed weights) before use."""
+        memo: dict[int, Any] = {id(self.B.tile): self.B.tile}
+        for pulsed in self.tiles.values():
+            old = pulsed.tile
+            new = old.rpu_config.tile_class(old.out_size, old.in_size, copy.deepcopy(old.rpu_config))
+            new.tile = copy.deepcopy(old.tile)
+            new.set_mapping_scales(mapping_scales(old))
+            new.mapping_lr_scale = getattr(old, "mapping_lr_scale", 1.0)
+            memo[id(old)] = new
+        return copy.deepcopy(self, memo)
+
+    def pulse_total(self) -> float:
+        counters = [t.counter for t in self.tiles.values()]
+        return math.nan if any(c is None for c in counters) else sum(c.total() for c in counters)
+
+    def start_drift_compensation(self, per_column: bool = False) -> None:
+        """aihwkit's GlobalDriftCompensation per trainable tile (or its PerColumnDriftCompensation, one factor
+        per output column): the mean |output| of its one-hot read-out now, right after the last write, is the
+        reference that later read-outs are scaled back to."""
+        from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
+
+        self._gdc = PerColumnDriftCompensation() if per_column else GlobalDriftCompensation()
+        # copies: aihwkit hands out its own scale tensor and set_mapping_scales writes a one-element one in
+        # place, so a kept reference would follow every compensation and compound it at the next (issue 22)
+        self._gdc_scales = {n: mapping_scales(t.tile) for n, t in self.tiles.items()}
+        self._gdc_factor = {n: torch.ones(1) for n in self.tiles}
+        self._gdc_ref = {n: self._gdc_readout(n) for n in self.tiles}
+
+    def compensate_drift(self) -> dict[str, float]:
+        """Each tile's digital output scale times ref/now (the pulse writer divides by the same scale, so
+        learning writes stay calibrated); returns the factors (per column: their mean)."""
+        for name, pulsed in self.tiles.items():
+            self._gdc_factor[name] = self._gdc_ref[name] / self._gdc_readout(name).clamp(min=1e-12)
+            base, factor = self._gdc_scales[name], self._gdc_factor[name]
+            pulsed.tile.set_mapping_scales(factor.clone() if base is None else base * factor)
+        self.forget_views()
+        return {name: float(factor.mean()) for name, factor in self._gdc_factor.items()}
+
+    @torch.no_grad()
+    def _gdc_readout(self, name: str) -> Tensor:
+        """The read-out through the tile with the compensation divided out (the raw conductances)."""
+        tile = self.tiles[name].tile
+        out = tile.forward(self._gdc.get_readout_tensor(tile.in_size))
+        return self._gdc.readout(out).reshape(-1) / self._gdc_factor[name]
 
     def forget_views(self) -> None:
         """Drop the cached weight views: the tiles changed outside `apply` (drift, output scales)."""

@@ -1,8 +1,9 @@
-"""Sweep figures: the metric against each axis (mean ± std over seeds), a heatmap for a 2-D grid.
+"""The pipeline's figures: a study's learning curves, a sweep's metric against each axis (a heatmap for a
+2-D grid), a deploy's metric against chip time; every curve the mean over seeds with a ±std band.
 
-Input is the points table of `report.summarize`: one row per point, a column
-per axis label, `<metric>_mean`/`_std`, and `backend` ("digital" rows are the
-reference drawn as horizontal lines, beside the task's reference lines).
+A sweep's input is the points table of `report.summarize`: one row per point, a column per axis label,
+`<metric>_mean`/`_std`, and `backend` ("digital" rows are the reference drawn as horizontal lines, beside
+the task's reference lines).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REFERENCE_STYLES = ["--", ":", "-.", (0, (5, 1))]
+MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3", "frozen_pcdc": "C4",
+               "learning_pcdc": "C5", "learning_gated": "C6", "learning_digital": "C8",
+               "learning_transfer": "C9"}  # the same colour in every figure
 
 
 def numeric(values: pd.Series) -> pd.Series | None:
@@ -105,3 +109,60 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def mean_band(ax, frame: pd.DataFrame, x: str, metric: str, label: str, color: str | None = None,
+              marker: str | None = None) -> None:
+    """The mean over seeds of `metric` against `x` with a ±std band, and each seed's own curve as a thin
+    line (a band hides a seed that jumps and recovers)."""
+    stats = frame.groupby(x)[metric].agg(["mean", "std"]).sort_index()
+    std = stats["std"].fillna(0.0)
+    line, = ax.plot(stats.index, stats["mean"], marker=marker, color=color, label=label)
+    ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, alpha=0.2, color=line.get_color())
+    for _, seed in frame.groupby("seed"):
+        seed = seed.sort_values(x)
+        ax.plot(seed[x], seed[metric], color=line.get_color(), alpha=0.4, linewidth=0.6)
+
+
+def learning_curves(history: pd.DataFrame, metric: str, path: Path, title: str,
+                    references: dict[str, float] | None = None, ylabel: str | None = None) -> Path:
+    """One line per variant (`mean_band`) per epoch, with the reference lines."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, frame in history.groupby("variant", sort=False):
+        runs = int(frame.groupby("epoch")[metric].count().max())
+        mean_band(ax, frame, "epoch", metric, f"{variant} (n={runs})")
+    styles = iter(["--", ":", "-.", (0, (5, 1))])
+    for name, value in (references or {}).items():
+        ax.axhline(value, color="grey", linestyle=next(styles), linewidth=1, label=f"{name} ({value:.2f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or metric)
+    ax.set_title(title)
+    if metric.endswith("nll") and len(history):
+        lo = history[metric].min()
+        ax.set_ylim(lo - 0.3, max(lo + 4.0, min((references or {}).get("no_context", lo + 4) + 1.0, 20)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def time_curves(rows: pd.DataFrame, metric: str, modes: list[str], times: list[float], names: dict[float, str],
+                path: Path, title: str, references: dict[str, float]) -> Path:
+    """The metric against log time: one line per mode (mean ± std over seeds), thin lines per seed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in modes:
+        frame = rows[rows["mode"] == mode]
+        if not frame.empty:
+            mean_band(ax, frame, "time_s", metric, f"{mode} (n={frame['seed'].nunique()})", MODE_COLORS.get(mode), "o")
+    for name, value in references.items():
+        if name != "random":
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"{name} ({value:.2f})")
+    ax.set_xscale("log")
+    ticks = [t for t in times if t in names]
+    ax.minorticks_off()
+    ax.set_xticks(ticks, [names[t] for t in ticks], rotation=30)
+    ax.set_xlabel("time after the last training write (chip clock)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
