@@ -153,8 +153,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "not per write)", "device", drift_parameters, "nu_std", 0.0),
     Knob("drift_t0", "the drift power law's t0 in seconds: a written device holds its conductance for t0, then "
          "drifts as (t/t0)^-nu", "device", drift_parameters, "t_0", None, minimum=1e-3),
-    Knob("drift_reset_tol", "a device's drift clock restarts when a write moves it by more than this; "
-         "huge: never (the clock runs from the device's first drift)", "device", drift_parameters, "reset_tol", 1e-7),
+    Knob("drift_reset_tol", "a device's drift clock restarts when a write moves it by more than this. A change "
+         "below it is not kept: aihwkit sets the device to its drifted value at the next drift step, so a huge "
+         "tolerance undoes every write there (it does not keep old clocks running)", "device", drift_parameters,
+         "reset_tol", 1e-7),
     Knob("refresh_every", "updates between refreshes of one-sided pairs; 0: never", "device", _cells,
          "refresh_every", 0, kind=int),
     Knob("desired_bl", "maximum pulse-train length per update", "device", _update, "desired_bl", None,

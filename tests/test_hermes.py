@@ -93,3 +93,31 @@ def test_no_drift_switches_the_conductance_model_off():
                                  "model": {"hidden": 12}, "tracking": {"enabled": False}})
     backend = build_network(cfg, 6, 5).backend
     assert backend.drift_models == {}
+
+
+@pytest.mark.parametrize("tolerance, kept", [(1e-7, True), (1e9, False)])
+def test_a_write_below_the_reset_tolerance_is_undone_at_the_next_drift_step(tolerance, kept):
+    """What knob drift_reset_tol means in aihwkit: a write that moves a device by more than the tolerance
+    restarts its clock and stays; a smaller one is overwritten by the drifted old value at the next drift
+    step (so a huge tolerance does not keep clocks running: it undoes every write)."""
+    from aihwkit.simulator.configs import ConstantStepDevice, SingleRPUConfig
+    from aihwkit.simulator.parameters.inference import DriftParameter
+
+    rpu = SingleRPUConfig(device=ConstantStepDevice(dw_min=0.01, dw_min_dtod=0.0, dw_min_std=0.0, w_max=1.0,
+                                                    w_min=-1.0, drift=DriftParameter(nu=0.05, reset_tol=tolerance)))
+    rpu.forward.is_perfect = True
+    tile = rpu.tile_class(1, 1, rpu)
+    tile.set_weights(torch.tensor([[0.5]]))
+    tile.drift_weights(10.0)
+    drifted = float(tile.get_weights()[0])
+    tile.set_learning_rate(0.01)
+    for _ in range(10):  # ten pulses up
+        tile.update(torch.tensor([[1.0]]), torch.tensor([[-1.0]]))
+    written = float(tile.get_weights()[0])
+    tile.drift_weights(10.0)
+    after = float(tile.get_weights()[0])
+    assert written > drifted + 0.02  # stochastic trains: about ten pulses of 0.01
+    if kept:
+        assert after == pytest.approx(written, abs=1e-6)  # the clock restarted: held for t0, no drift yet
+    else:
+        assert after == pytest.approx(0.5 * 20.0 ** -0.05, rel=1e-5)  # the old value drifted 20 s: write gone
