@@ -150,11 +150,11 @@ def deploy_rows(name: str) -> tuple[dict, pd.DataFrame]:
     return study_file(name), rows[mine]
 
 
-def deploy_table(name: str) -> str:
-    """Test NLL of every mode at 1 s … 1 year after the last training write, its writes and pulses in the
-    year, and issue 22's targets per seed: within 0.2 of its own 1 s value at every time, and below
-    frozen_gdc at the last time."""
-    spec, rows_ = deploy_rows(name)
+def deploy_table(name: str, csv: str | None = None) -> str:
+    """Test NLL of every mode of deploy file `name` at 1 s … 1 year after the last training write, its writes
+    and pulses in the year, and issue 22's targets per seed: within 0.2 of its own 1 s value at every time,
+    and below frozen_gdc at the last time. `csv`: every row of results/<csv>.csv instead of the file's own."""
+    spec, rows_ = deploy_rows(name) if csv is None else (study_file(name), pd.read_csv(RESULTS / f"{csv}.csv"))
     desc = spec.get("description", name)
     if rows_.empty:
         return f"*{desc}* (`studies/{name}.yaml`): no rows of the present deploy file in `results/{name}.csv` yet.\n"
@@ -175,7 +175,7 @@ def deploy_table(name: str) -> str:
             writes += f" ({sci(last['programmed'].mean())} devices reprogrammed)"
         rows.append([f"`{mode}`", *(pm(m[m["time_s"] == t]["test_nll"], 2) for t in times), writes,
                      sci(last["pulses"].mean()) if last["pulses"].mean() else "0", within, beats])
-    head = (f"*{desc}*; seeds {seeds} (`studies/{name}.yaml`, `results/{name}.csv`). Test NLL, "
+    head = (f"*{desc}*; seeds {seeds} (`studies/{name}.yaml`, `results/{csv or name}.csv`). Test NLL, "
             f"mean ± std over seeds, at each time after the last training write; writes: updates that reached "
             f"the chip (or, for the digital modes, its periphery); the last two columns check every seed:\n\n")
     return head + table(["mode", *(DEPLOY_TIMES[t] for t in times), "writes in the year", "pulses in the year",
@@ -323,6 +323,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "jsb_deploy": lambda: deploy_table("jsb_deploy"),
     "jsb_deploy_no_restart": lambda: deploy_table("jsb_deploy_no_restart"),
     "jsb_deploy_hermes": lambda: deploy_table("jsb_deploy_hermes"),
+    "jsb_deploy_pilot": lambda: deploy_table("jsb_deploy", "jsb_deploy_pilot"),
     "jsb_hil": lambda: study_table("jsb_hil"),
     "jsb_hil_attribution": lambda: paired_table("jsb_hil", "hermes_hil", ("jsb_analog", "paper_hw_protocol")),
     "jsb_hil_epochs": lambda: epochs_table([("jsb_hil", "hermes_hil"), ("jsb_hil", "hil_time_10"),
