@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,14 +37,13 @@ from aihwkit.simulator.configs import DigitalRankUpdateRPUConfig, SingleRPUConfi
 from aihwkit.simulator.parameters import PulseType
 from aihwkit.simulator.tiles import AnalogTile
 from aihwkit.simulator.tiles.base import AnalogTileStateNames
+from aihwkit.simulator.tiles.module import TileModule
 from torch import Tensor
 
 from ..device_configs import WriterSpec
 from ..errors import ConfigError
 from ..knobs import device_tree
 from . import pulses
-
-PAIR_WEIGHT = re.compile(r"hidden_weights_\d+")  # a vector cell's sub-cell weights (hidden_weights_<k>)
 
 
 class WriterTile(AnalogTile):
@@ -88,8 +85,8 @@ class WriterTile(AnalogTile):
             self, pulses.has_pairs(device), pulses.devices_per_pulse(device))
         # a vector cell whose pairs refresh: aihwkit 1.2.0 leaves its visible weights stale after a refresh
         self.resync = pulses.stale_after_refresh(device)
+        self.drifts = any(getattr(getattr(d, "drift", None), "nu", 0) > 0 for d in device_tree(self.rpu_config))
         self.rounding: torch.Generator | None = None  # the exact writer's random rounding (None: torch's)
-        self._witness: Tensor | None = None  # see _rederive_visible
         shape = (self.tile.get_d_size(), self.tile.get_x_size())
         self.register_buffer("residual", torch.zeros(shape))  # carried remainder of the exact writer, in pulses
         self.register_buffer("pulses_up", torch.zeros(shape, dtype=torch.float64))  # pulses that raised W
@@ -105,11 +102,6 @@ class WriterTile(AnalogTile):
             set_baseline(self, self.baseline)
         if hasattr(self, "residual"):
             self.residual.zero_()
-        self._witness = None
-
-    def set_hidden_parameters(self, ordered_parameters: OrderedDict) -> None:
-        super().set_hidden_parameters(ordered_parameters)
-        self._witness = None
 
     # ------------------------------------------------------------------ update
 
@@ -122,14 +114,12 @@ class WriterTile(AnalogTile):
         d = (d.reshape(d.shape[0], -1).T if self.out_trans else d.reshape(-1, d.shape[-1])).float()
         if self.analog_bias:
             x = torch.cat([x, torch.ones(len(x), 1)], 1)
-        before = self._raw_weights().clone() if self.resync else None
         if self.writer.policy == "exact":
-            touched = self._write_exact(x, d) != 0
+            self._write_exact(x, d)
         else:
             self._write_stochastic(x, d)
-            touched = (d != 0).float().T @ (x != 0).float() > 0 if self.resync else None  # may have had pulses
-        if before is not None:
-            self._rederive_visible(before, touched)
+        if self.resync:
+            self.resync_visible()
 
     def update_indexed(self, x_input: Tensor, d_input: Tensor) -> None:
         raise NotImplementedError("WriterTile updates unfolded inputs only (supports_indexed is False)")
@@ -144,8 +134,8 @@ class WriterTile(AnalogTile):
         if self.counter is not None:
             self.counter.add_trains(*pulses.pulse_trains(x, d, tile_lr, self.eps, self.rpu_config.update))
 
-    def _write_exact(self, x: Tensor, d: Tensor) -> Tensor:
-        """Round -lr·Σ d xᵀ/step to pulse counts digitally and fire each pulse on its own; returns the counts."""
+    def _write_exact(self, x: Tensor, d: Tensor) -> None:
+        """Round -lr·Σ d xᵀ/step to pulse counts digitally and fire each pulse on its own."""
         target = (-self.tile.get_learning_rate() * (d.T @ x)) / self.step
         if self.writer.rounding == "carry":
             target = target + self.residual
@@ -159,7 +149,6 @@ class WriterTile(AnalogTile):
             # max_pulses on its devices for thousands of updates and pin them at a bound
             self.residual.copy_(torch.fmod(target - n, 1.0))
         self._fire(n)
-        return n
 
     def _fire(self, n: Tensor) -> None:
         """Exactly n[i, j] pulses on device (i, j) (n > 0 raises W): one single-pulse round per count, each
@@ -178,37 +167,19 @@ class WriterTile(AnalogTile):
 
     # ------------------------------------------------------------------ visible weights after a refresh
 
-    def _raw_weights(self) -> Tensor:
-        """The C++ tile's visible weights (its shared storage where aihwkit binds one)."""
-        shared = getattr(self, "_shared_weight_tensor", None)
-        return shared if shared is not None else self.tile.get_weights()
-
-    def _rederive_visible(self, before: Tensor, touched: Tensor) -> None:
-        """Re-derive the visible weights from the devices where aihwkit left them stale.
+    def resync_visible(self) -> None:
+        """Recompute the visible weights (and each pair's weight) from the devices.
 
         aihwkit 1.2.0's vector cell hands its sub-cells the visible weights instead of their own in
-        `finishUpdateCycle`, so a pair that refreshes overwrites every visible weight with its own G+ − G−
-        (rpu_vector_device.cpp; `pulses.stale_after_refresh`). A write leaves the visible weights it did not
-        touch unchanged, so a refresh shows at any untouched cross-point where the pairs differ (a witness:
-        known from the last re-derivation, untouched since). Only a refresh, or a write with no witness
-        left, costs the re-derivation; what the devices receive is the same as with one after every write.
-        """
-        untouched = ~touched
-        if self._witness is not None:
-            witnesses = self._witness & untouched
-            if bool(witnesses.any()) and not bool(((self._raw_weights() != before) & untouched).any()):
-                self._witness = witnesses
-                return
-        self.resync_visible()
-
-    def resync_visible(self) -> None:
-        """Set the devices' parameters back as read, which recomputes the visible weights from them."""
-        hidden = self.tile.get_hidden_parameters()
-        self.tile.set_hidden_parameters(hidden)
-        names = self.tile.get_hidden_parameter_names()
-        pairs = hidden[[i for i, n in enumerate(names) if PAIR_WEIGHT.fullmatch(n)]]
-        visible = self._raw_weights()
-        self._witness = ((pairs - visible).abs() > 1e-6 * visible.abs() + 1e-30).all(0)
+        `finishUpdateCycle` (rpu_vector_device.cpp), so a pair that refreshes writes its own G+ − G− over every
+        visible weight and leaves its pair weight stale (`pulses.stale_after_refresh`); in JSB training most
+        writes end in a refresh of some pair. Without drift, aihwkit's drift step is a pure reduction of the
+        devices (pairs, then the cell), which recomputes both exactly, for a few µs; with drift it would also
+        move the drift clocks, so there the devices' parameters are set back as read (~1 ms for 150 × 88)."""
+        if self.drifts:
+            self.tile.set_hidden_parameters(self.tile.get_hidden_parameters())
+        else:
+            self.tile.drift_weights(0.0)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -231,7 +202,6 @@ class WriterTile(AnalogTile):
         # PulsedRPUDevice::setDeviceParameter), so there aihwkit's own restore is left as it is
         if hidden is not None and not any(getattr(d, "write_noise_std", 0) > 0 for d in device_tree(self.rpu_config)):
             self.tile.set_hidden_parameters(torch.as_tensor(hidden))
-        self._witness = None
 
     def __deepcopy__(self, memo: dict) -> WriterTile:
         """Through the pickle state, then the C++ tile copied whole, so the copy keeps what the state cannot
@@ -341,12 +311,18 @@ def without_writer(rpu_config: Any) -> Any:
 
 
 def tile_pulses(model: torch.nn.Module) -> dict[str, float]:
-    """Device pulses every WriterTile of `model` has fired, by module name: 0 on a floating-point device,
-    NaN where they are not observable (aihwkit's own training algorithms fire them inside its C++)."""
-    return {name: tile.counter.total() if tile.counter is not None else math.nan if tile.algorithm else 0.0
-            for name, tile in model.named_modules() if isinstance(tile, WriterTile)}
+    """Device pulses every analog tile of `model` has fired, by module name: counted by a WriterTile; 0 on a
+    floating-point device or a tile updated in floating point (inference tiles); NaN where they are not
+    observable (aihwkit's own training algorithms, or a pulsed tile that is not a WriterTile)."""
+    out = {}
+    for name, tile in model.named_modules():
+        if isinstance(tile, WriterTile):
+            out[name] = tile.counter.total() if tile.counter is not None else math.nan if tile.algorithm else 0.0
+        elif isinstance(tile, TileModule):
+            out[name] = math.nan if isinstance(tile, AnalogTile) else 0.0
+    return out
 
 
 def total_pulses(model: torch.nn.Module) -> float:
-    """Device pulses all WriterTiles of `model` have fired (NaN if any tile's are not observable)."""
+    """Device pulses all analog tiles of `model` have fired (NaN if any tile's are not observable)."""
     return sum(tile_pulses(model).values())
