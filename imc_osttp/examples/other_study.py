@@ -69,6 +69,14 @@ def linear(n_in: int, n_out: int, rpu: Any | None) -> nn.Module:
     return AnalogLinear(n_in, n_out, rpu_config=rpu)
 
 
+def mlp(n_in: int, hidden: int, n_out: int, rpu: Any | None) -> nn.Module:
+    """Two linear layers with a tanh between them (an AnalogSequential of two AnalogLinear on tiles)."""
+    from aihwkit.nn import AnalogSequential
+
+    container = nn.Sequential if rpu is None else AnalogSequential
+    return container(linear(n_in, hidden, rpu), nn.Tanh(), linear(hidden, n_out, rpu))
+
+
 # ------------------------------------------------------------------ tasks
 
 
@@ -97,9 +105,19 @@ class Task:
             yield x[idx], y[idx]
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor:
-        raise NotImplementedError
+        x, y = batch
+        return self.criterion(model(x), y)
 
     def metric_of(self, model: nn.Module, split: Any) -> float:
+        x, y = split
+        return self.score(model(x), y)
+
+    def criterion(self, out: Tensor, y: Tensor) -> Tensor:
+        """The training loss of a batch of tensor inputs."""
+        raise NotImplementedError
+
+    def score(self, out: Tensor, y: Tensor) -> float:
+        """The metric of a split of tensor inputs."""
         raise NotImplementedError
 
 
@@ -122,18 +140,13 @@ class Regression(Task):
         return {"train": self.sample(n, 1), "valid": self.sample(n, 2), "test": self.sample(2 * n, 3)}
 
     def model(self, rpu: Any | None) -> nn.Module:
-        from aihwkit.nn import AnalogSequential
+        return mlp(8, 16, 2, rpu)
 
-        container = nn.Sequential if rpu is None else AnalogSequential
-        return container(linear(8, 16, rpu), nn.Tanh(), linear(16, 2, rpu))
+    def criterion(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.mse_loss(out, y)
 
-    def loss(self, model: nn.Module, batch: Any) -> Tensor:
-        x, y = batch
-        return F.mse_loss(model(x), y)
-
-    def metric_of(self, model: nn.Module, split: Any) -> float:
-        x, y = split
-        return float(F.mse_loss(model(x), y))
+    def score(self, out: Tensor, y: Tensor) -> float:
+        return float(F.mse_loss(out, y))
 
 
 class Digits(Task):
@@ -155,18 +168,13 @@ class Digits(Task):
                 (("train", order[:a]), ("valid", order[a:b]), ("test", order[b:]))}
 
     def model(self, rpu: Any | None) -> nn.Module:
-        from aihwkit.nn import AnalogSequential
+        return mlp(64, 32, 10, rpu)
 
-        container = nn.Sequential if rpu is None else AnalogSequential
-        return container(linear(64, 32, rpu), nn.Tanh(), linear(32, 10, rpu))
+    def criterion(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out, y)
 
-    def loss(self, model: nn.Module, batch: Any) -> Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
-
-    def metric_of(self, model: nn.Module, split: Any) -> float:
-        x, y = split
-        return float((model(x).argmax(1) == y).float().mean())
+    def score(self, out: Tensor, y: Tensor) -> float:
+        return float((out.argmax(1) == y).float().mean())
 
 
 class ChordLSTM(nn.Module):
