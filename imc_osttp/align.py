@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from .builder import DTYPES, build_for_task
-from .config import RULES, RunConfig
+from .config import RunConfig
 from .data import TaskData, batches
 from .data.batching import Batch
 from .network import SNUNet
+from .registry import rule_names
 from .rules import compute_update
 from .train import train
 
@@ -28,7 +29,7 @@ from .train import train
 def rule_updates(cfg: RunConfig, net: SNUNet, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
     """dE/dθ estimates of every rule (summed over valid steps, mean over the batch), not applied."""
     out = {}
-    for rule in RULES:
+    for rule in rule_names():
         rule_cfg = cfg.rule.model_copy(update={"name": rule, "update_timing": "sequence"})
         grads, _ = compute_update(rule_cfg, net, batch)
         out[rule] = {name: g.detach() for name, g in grads.items()}

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("study", help="run variants × seeds, write results/<name>.csv and a figure")
-    p.add_argument("study", help="study YAML")
+    p.add_argument("study", help="study YAML, or a shipped study's name (jsb_quick)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: the study's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study field, e.g. base.train.epochs=2")
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="train, then evaluate the chip from 1 s to 1 year after its last write "
                        "(frozen, drift-compensated, learning); write results/<name>.csv and a figure")
-    p.add_argument("deploy", help="deploy YAML (studies/jsb_deploy.yaml)")
+    p.add_argument("deploy", help="deploy YAML, or a shipped one's name (jsb_deploy)")
     p.add_argument("--workers", type=int, default=None, help="seeds in parallel processes (default: the file's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. base.train.epochs=2 or adaptation.rate=4")

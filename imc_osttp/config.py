@@ -11,17 +11,36 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from . import registry
 from .errors import ConfigError
 from .layers import LayerSpec, Reset, param_names
 
-RuleName = Literal["bptt", "ostl", "ostl_rnd", "drtp", "osttp"]
-RULES: tuple[str, ...] = ("bptt", "ostl", "ostl_rnd", "drtp", "osttp")
+
+def _registered(names: Callable[[], tuple[str, ...]]) -> AfterValidator:
+    """A name valid when registered (imc_osttp.registry): built-in or from a plugin. The error
+    lists the valid names as a Literal's would."""
+
+    def check(value: str) -> str:
+        valid = names()
+        if value not in valid:
+            quoted = [repr(n) for n in valid]
+            listed = f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": listed})
+        return value
+
+    return AfterValidator(check)
+
+
+RuleName = Annotated[str, _registered(registry.rule_names)]
+TaskName = Annotated[str, _registered(registry.task_names)]
 
 
 class _Strict(BaseModel):
@@ -31,7 +50,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the data comes from and how much of it a run uses."""
 
-    task: Literal["jsb", "shd", "fsdd", "synthetic"] = "jsb"
+    task: TaskName = "jsb"  # a registered task (imc_osttp.registry): jsb, shd, fsdd, synthetic or a plugin's
     path: str | None = None  # file (JSB json) or directory; else IMC_OSTTP_DATA, cache, download
     max_sequences: int | None = Field(None, ge=1)  # per split, for quick runs and tests
     # spike-data binning (SHD/FSDD)
@@ -99,7 +118,7 @@ PER_LAYER = ("recurrent", "reset", "decay")
 class RuleConfig(_Strict):
     """The learning rule and how its update is formed (SPEC §2-3)."""
 
-    name: RuleName = "osttp"
+    name: RuleName = "osttp"  # a registered rule (imc_osttp.registry): bptt, ostl, ostl_rnd, drtp, osttp or a plugin's
     traces: Literal["exact", "factorised"] = "exact"
     update_timing: Literal["sequence", "step"] = "sequence"
     feedback_scale: float = Field(1.0, gt=0)  # B ~ U(±scale/sqrt(k))
@@ -163,9 +182,11 @@ class RunConfig(_Strict):
 
     name: str = "run"
     seed: int = 0
-    data: DataConfig = DataConfig()
+    # built on first use, not at import: validating a rule or task name reads the registry, whose
+    # built-ins import modules that import this one
+    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = ModelConfig()
-    rule: RuleConfig = RuleConfig()
+    rule: RuleConfig = Field(default_factory=RuleConfig)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     backend: BackendConfig = BackendConfig()
@@ -173,10 +194,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.data.task == "jsb" and self.model.readout != "sigmoid":
-            raise ValueError("model.readout: the JSB task needs the 'sigmoid' readout")
-        if self.data.task in ("shd", "fsdd") and self.model.readout != "leaky":
-            raise ValueError(f"model.readout: the {self.data.task} task needs the 'leaky' readout")
+        needed = registry.task(self.data.task).readout
+        if needed is not None and self.model.readout != needed:
+            raise ValueError(f"model.readout: the {self.data.task} task needs the '{needed}' readout")
         names = param_names(self.model.layers(), self.model.readout_bias)
         unknown = sorted(set(self.optim.lr_scale) - set(names))
         if unknown:

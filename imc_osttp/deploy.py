@@ -37,6 +37,7 @@ from .config import RunConfig, _Strict, build, config_hash, merge, read_yaml
 from .data import TaskData, load_task
 from .data.batching import batches
 from .errors import ConfigError
+from .named import study_file
 from .network import SNUNet
 from .rules import compute_update
 
@@ -97,6 +98,7 @@ class DeployConfig(_Strict):
 
 
 def load_deploy(path: str | Path, overrides: dict[str, Any] | None = None) -> DeployConfig:
+    path = study_file(path)  # a path, or a shipped study's name
     data = read_yaml(path)
     if overrides:
         data = merge(data, overrides)

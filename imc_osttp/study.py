@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, _Strict, build, config_hash, merge, read_yaml, set_dotted
 from .errors import ConfigError
+from .named import study_file
 
 
 class StudyConfig(_Strict):
@@ -58,6 +59,7 @@ class StudyConfig(_Strict):
 
 
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    path = study_file(path)  # a path, or a shipped study's name
     data = read_yaml(path)
     if overrides:
         data = merge(data, overrides)

@@ -96,7 +96,7 @@ class Backend(Protocol):
         """y* [B_1 … B_L]: the projected target through the stacked fixed random matrices."""
 
     def feedback_matrix(self) -> Tensor:
-        """The stacked [B_1 … B_L] [k, Σ n_l] as held (programmed, on an analog chip)."""
+        """The stacked `[B_1 … B_L]`, `[k, Σ n_l]`, as held (programmed, on an analog chip)."""
 
     def read(self, name: str) -> Tensor:
         """A digital view of a parameter (thresholds, biases, the diagonal of H)."""

@@ -43,7 +43,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train a device non-ideality sweep as nested MLflow runs (resumable)")
-    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("sweep", help="sweep YAML, or a shipped sweep's name (sweep_smoke)")
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: the sweep's)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: a process pool; ray: Ray tasks (pip install 'imc-osttp[ray]')")
@@ -54,7 +54,7 @@ def add_sweep_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="a sweep's table (mean ± std over seeds) and figures, logged on its parent")
-    p.add_argument("sweep", nargs="?", help="sweep YAML")
+    p.add_argument("sweep", nargs="?", help="sweep YAML, or a shipped sweep's name")
     p.add_argument("--run-id", default=None, metavar="PARENT", help="the sweep's parent run instead of its file")
     p.add_argument("--output-dir", default=None, help="default: the sweep's output_dir, else results")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

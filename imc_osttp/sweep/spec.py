@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from .. import knobs as knoblib
 from ..config import RuleName, RunConfig, _Strict, build, config_hash, flatten, merge, read_yaml, set_dotted
 from ..errors import ConfigError
+from ..named import study_file
 
 KNOB_PREFIX = "backend.knobs."
 DIGITAL = "digital"
@@ -234,6 +235,7 @@ def parse_sweep(data: dict[str, Any], folder: str | Path = ".", source: str = "s
 
 
 def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    path = study_file(path)  # a path, or a shipped study's name
     data = read_yaml(path)
     return parse_sweep(merge(data, overrides) if overrides else data, Path(path).parent, str(path))
 
