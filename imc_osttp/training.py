@@ -22,10 +22,13 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class RunResult:
+    """A trained run: its config, one dict of metrics per epoch, and the trained network."""
+
     config: RunConfig
     history: list[dict[str, float]] = field(default_factory=list)
-    diverged: bool = False
+    diverged: bool = False  # stopped early: the loss stopped being finite
     net: SNUNet | None = None
+    run_id: str | None = None  # its MLflow run, when tracked
 
     @property
     def selection_metric(self) -> str:
