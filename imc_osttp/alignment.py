@@ -107,12 +107,20 @@ def summarise(reports: list[dict[str, dict[str, dict[str, float]]]]) -> list[dic
 
 @dataclass(frozen=True)
 class Alignment:
-    """The diagnostic over seeds: each seed's report and their mean ± std."""
+    """The diagnostic over seeds.
+
+    Attributes:
+        config: the run config (its seed the first of the seeds).
+        after_epochs: epochs of the config's own rule before the diagnostic (0: at initialisation).
+        reports: each seed's `{rule: {param: {"cosine": c, "norm_ratio": r}}}`.
+        table: one row per (rule, param): config, after_epochs, seeds, and the mean and std over seeds of
+            `cosine` and `norm_ratio`.
+    """
 
     config: RunConfig
     after_epochs: int
-    reports: list[dict[str, dict[str, dict[str, float]]]]  # per seed: {rule: {param: {cosine, norm_ratio}}}
-    table: pd.DataFrame  # per (rule, param): config, after_epochs, seeds, cosine(_std), norm_ratio(_std)
+    reports: list[dict[str, dict[str, dict[str, float]]]]
+    table: pd.DataFrame
 
 
 def align_seeds(cfg: RunConfig, data: TaskData, seeds: list[int], dump_dir: Path | None = None,

@@ -52,21 +52,6 @@ def train(config: ConfigSource, overrides: Overrides | None = None, *, data: Tas
     return run(as_run_config(config, overrides), data, progress)
 
 
-@dataclass(frozen=True)
-class StudyResult:
-    """What `run_study`, `run_sweep` or `run_deploy` did, and the record it left."""
-
-    spec: Spec
-    summary: Summary  # runs in the spec, already done, finished now, failed; in a dry run, what is left to train
-    runs: pd.DataFrame  # the record of the spec's current runs: one row per run (a deploy's: per mode and time)
-    report: Report | None  # the table and figures; None in a dry run, for a sweep unless asked, or with no runs
-
-    @property
-    def table(self) -> pd.DataFrame | None:
-        """The report's table: mean ± std over seeds per variant, sweep point, or deploy mode and time."""
-        return None if self.report is None else self.report.table
-
-
 def run_study(spec: SpecSource, overrides: Overrides | None = None, *, workers: int | None = None,
               executor: Executor = "local", ray_address: str | None = None, dry_run: bool = False,
               progress: bool = True) -> StudyResult:
@@ -93,27 +78,6 @@ def run_deploy(spec: SpecSource, overrides: Overrides | None = None, *, workers:
     """Train each seed, then evaluate the chip from 1 s to 1 year after its last write in every mode (frozen,
     drift-compensated, learning) (`imc-osttp deploy`), then report. Options as `run_study`."""
     return _run("deploy", "deploy", spec, overrides, workers, executor, ray_address, dry_run, progress, True)
-
-
-def _run(verb: str, job: JobKind, spec: SpecSource, overrides: Overrides | None, workers: int | None,
-         executor: Executor, ray_address: str | None, dry_run: bool, progress: bool,
-         with_report: bool) -> StudyResult:
-    from .pipeline.executors import EXECUTORS
-    from .pipeline.record import Record
-    from .pipeline.report import report as write_report
-    from .pipeline.run import run_spec
-    from .pipeline.spec import as_spec
-
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers: {workers}: give at least 1")
-    resolved = as_spec(spec, overrides, job)
-    summary = run_spec(resolved, verb, workers, executor, ray_address, progress=progress, dry_run=dry_run)
-    jobs = resolved.jobs()
-    runs, _ = Record(resolved).current(jobs)
-    done = not dry_run and with_report and not runs.empty
-    return StudyResult(resolved, summary, runs, write_report(resolved, jobs) if done else None)
 
 
 def report(spec: SpecSource | None = None, overrides: Overrides | None = None, *, run_id: str | None = None,
@@ -159,3 +123,48 @@ def encode_audio(wav_dir: str | Path, out_dir: str | Path, *, cochlea: Cochlea |
     from .audio import Cochlea, encode_directory
 
     return encode_directory(wav_dir, out_dir, cochlea or Cochlea(), progress)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What `run_study`, `run_sweep` or `run_deploy` did, and the record it left.
+
+    Attributes:
+        spec: the validated spec that ran.
+        summary: runs in the spec, already done before, finished now and failed; in a dry run, the runs
+            left to train (`summary.todo`).
+        runs: the record of the spec's current runs, one row per run (a deploy's: per mode and time), as
+            in `<output_dir>/<name>.csv`.
+        report: the table and figures; None in a dry run, for a sweep unless asked, or with no runs yet.
+    """
+
+    spec: Spec
+    summary: Summary
+    runs: pd.DataFrame
+    report: Report | None
+
+    @property
+    def table(self) -> pd.DataFrame | None:
+        """The report's table: mean ± std over seeds per variant, sweep point, or deploy mode and time."""
+        return None if self.report is None else self.report.table
+
+
+def _run(verb: str, job: JobKind, spec: SpecSource, overrides: Overrides | None, workers: int | None,
+         executor: Executor, ray_address: str | None, dry_run: bool, progress: bool,
+         with_report: bool) -> StudyResult:
+    from .pipeline.executors import EXECUTORS
+    from .pipeline.record import Record
+    from .pipeline.report import report as write_report
+    from .pipeline.run import run_spec
+    from .pipeline.spec import as_spec
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers: {workers}: give at least 1")
+    resolved = as_spec(spec, overrides, job)
+    summary = run_spec(resolved, verb, workers, executor, ray_address, progress=progress, dry_run=dry_run)
+    jobs = resolved.jobs()
+    runs, _ = Record(resolved).current(jobs)
+    done = not dry_run and with_report and not runs.empty
+    return StudyResult(resolved, summary, runs, write_report(resolved, jobs) if done else None)

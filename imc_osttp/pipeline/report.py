@@ -32,10 +32,19 @@ METRICS = ("test_nll", "test_accuracy")
 
 @dataclass(frozen=True)
 class Report:
-    """A spec's report: its table (mean ± std over seeds), that table as printed, and the files written."""
+    """A spec's report.
+
+    Attributes:
+        name: the spec's name.
+        table: mean ± std over seeds, one row per variant (study), per point (sweep) or per mode and time
+            (deploy).
+        text: the table as `imc-osttp report` prints it, with the task's reference values and where the
+            files are.
+        files: the tables and figures written.
+    """
 
     name: str
-    table: pd.DataFrame  # one row per variant (study), per point (sweep), per (mode, time) (deploy)
+    table: pd.DataFrame
     text: str
     files: tuple[Path, ...]
 
