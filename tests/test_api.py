@@ -63,6 +63,16 @@ def test_a_study_from_a_mapping_writes_its_table_and_a_rerun_trains_nothing(tmp_
     assert imc_osttp.report(spec).table.equals(done.table)
 
 
+def test_a_sweep_from_a_mapping_reports_its_points_when_asked(tmp_path):
+    spec = {"name": "api_sweep", "output_dir": str(tmp_path), "base": TINY,
+            "axes": [{"kind": "grid", "key": "optim.lr", "values": [0.01, 0.1]}]}
+    quiet = imc_osttp.run_sweep(spec, progress=False)
+    assert quiet.summary.finished == 2 and quiet.report is None and len(quiet.runs) == 2
+    done = imc_osttp.run_sweep(spec, progress=False, report=True)
+    assert done.summary.skipped == 2 and list(done.table["optim.lr"]) == ["0.01", "0.1"]
+    assert (tmp_path / "api_sweep_points.csv").is_file() and all(path.is_file() for path in done.report.files)
+
+
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda: imc_osttp.train({**TINY, "optim": {"lr": -1}}), ConfigError, "optim.lr: Input should be greater than 0"),
     (lambda: imc_osttp.train({"modle": {}}), ConfigError, "modle: unknown key; did you mean 'model'?"),
