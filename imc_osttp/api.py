@@ -84,6 +84,7 @@ def report(spec: SpecSource | None = None, overrides: Overrides | None = None, *
            output_dir: str | Path | None = None) -> Report:
     """Write the tables and figures of a study, sweep or deploy from its record (`imc-osttp report`), or of a
     sweep from its MLflow parent run alone (`run_id`); a sweep's go to `output_dir` if given."""
+    from .config import nest
     from .pipeline.report import report as write_report
     from .pipeline.report import report_parent
     from .pipeline.spec import as_spec
@@ -93,7 +94,7 @@ def report(spec: SpecSource | None = None, overrides: Overrides | None = None, *
                           "run (--run-id)")
     if run_id is not None:
         return report_parent(run_id, output_dir or "results")
-    resolved = as_spec(spec, overrides)
+    resolved = as_spec(spec, nest(overrides))
     return write_report(resolved, resolved.jobs(), None if output_dir is None else str(output_dir))
 
 
@@ -152,6 +153,7 @@ class StudyResult:
 def _run(verb: str, job: JobKind, spec: SpecSource, overrides: Overrides | None, workers: int | None,
          executor: Executor, ray_address: str | None, dry_run: bool, progress: bool,
          with_report: bool) -> StudyResult:
+    from .config import nest
     from .pipeline.executors import EXECUTORS
     from .pipeline.record import Record
     from .pipeline.report import report as write_report
@@ -162,7 +164,7 @@ def _run(verb: str, job: JobKind, spec: SpecSource, overrides: Overrides | None,
         raise ConfigError(f"executor: '{executor}' is not one of {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise ConfigError(f"workers: {workers}: give at least 1")
-    resolved = as_spec(spec, overrides, job)
+    resolved = as_spec(spec, nest(overrides), job)
     summary = run_spec(resolved, verb, workers, executor, ray_address, progress=progress, dry_run=dry_run)
     jobs = resolved.jobs()
     runs, _ = Record(resolved).current(jobs)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..backends import backend_class
-from ..config import RunConfig, _Strict, build, config_hash, merge, nest, read_yaml, set_dotted
+from ..config import RunConfig, _Strict, build, config_hash, merge, read_yaml, set_dotted
 from ..deploy import DEFAULT_MODES, DEFAULT_TIMES, MODES, AdaptationConfig
 from ..errors import ConfigError
 from ..named import study_file
@@ -204,10 +204,10 @@ SpecSource = Spec | Mapping[str, Any] | str | Path
 """A spec as the API takes it: validated, a mapping shaped like the file, or a file's path or shipped name."""
 
 
-def as_spec(spec: SpecSource, overrides: Mapping[str, Any] | None = None, job: JobKind | None = None) -> Spec:
-    """A validated `Spec` for a command's job kind from any `SpecSource`, `overrides` (dotted keys or sections)
-    over it; a mapping's `base_config` is read relative to the working directory."""
-    tree = nest(overrides)
+def as_spec(spec: SpecSource, tree: dict[str, Any] | None = None, job: JobKind | None = None) -> Spec:
+    """A validated `Spec` for a command's job kind from any `SpecSource`, with the nested overrides `tree`
+    (`config.nest`) over it; a mapping's `base_config` is read relative to the working directory."""
+    tree = tree or {}
     if isinstance(spec, Spec):
         if not tree and job in (None, spec.job):
             return spec
