@@ -41,7 +41,7 @@ from imc_osttp.config import RunConfig
 from imc_osttp.data import load_task
 from imc_osttp.pipeline.spec import load_spec
 from imc_osttp.seeds import generator
-from imc_osttp.train import train_epoch
+from imc_osttp.training import train_epoch
 
 SHAPES = {"W1": (88, 150), "W2": (150, 88)}  # (in, out)
 PULSE_RATE = 0.015  # pulses per cell and update: pcm_4device's rate in a JSB epoch at lr 0.001

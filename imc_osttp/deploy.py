@@ -107,7 +107,7 @@ def deploy_mode(cfg: RunConfig, trained, data, mode: str, times: list[float],
     evaluating the test split at each; returns one row per time."""
     from .builder import DTYPES
     from .rules import compute_update
-    from .train import evaluate
+    from .training import evaluate
 
     kind = MODES[mode]
     net = copy_chip(trained)

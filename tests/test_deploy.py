@@ -17,7 +17,7 @@ from imc_osttp.config import load_run_config  # noqa: E402
 from imc_osttp.data import load_task  # noqa: E402
 from imc_osttp.deploy import AdaptationConfig, copy_chip, deploy_mode  # noqa: E402
 from imc_osttp.pipeline.jobs import STEPS_PER_DECADE  # noqa: E402
-from imc_osttp.train import train  # noqa: E402
+from imc_osttp.training import train  # noqa: E402
 
 NOISE_FREE = """
 rpu_config:
