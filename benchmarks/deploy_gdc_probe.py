@@ -30,7 +30,7 @@ from imc_osttp.config import RunConfig, build, merge
 from imc_osttp.data import load_task
 from imc_osttp.deploy import copy_chip
 from imc_osttp.pipeline.spec import load_spec
-from imc_osttp.train import evaluate, train
+from imc_osttp.training import evaluate, train
 
 TIMES = [1.0, 60.0, 3600.0, 86400.0, 604800.0, 2592000.0, 31536000.0]
 

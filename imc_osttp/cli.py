@@ -1,8 +1,8 @@
 """Command line: `imc-osttp train|study|sweep|deploy|report|align|encode-audio ...`.
 
-Bad input ends in one line on stderr (exit 2), never a traceback. SIGTERM (what a batch scheduler sends at
-its time limit) is handled as Ctrl-C: finished runs are kept, unfinished ones marked KILLED (exit 143).
-"""
+Each command is a call of `imc_osttp.api`; this module parses the arguments and prints the outcome. Bad input
+ends in one line on stderr (exit 2), never a traceback. SIGTERM (what a batch scheduler sends at its time
+limit) is handled as Ctrl-C: finished runs are kept, unfinished ones marked KILLED (exit 143)."""
 
 from __future__ import annotations
 
@@ -10,53 +10,51 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
+from . import api
+from .config import parse_overrides
 from .errors import UserError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_run_config
-    from .runner import run
     from .tracking import tracking_uri
 
-    cfg = load_run_config(args.config, args.set)
-    result, run_id = run(cfg)
-    best = result.best()
+    result = api.train(args.config, parse_overrides(args.set))
+    cfg, best = result.config, result.best()
     print(f"{cfg.name}: best epoch {result.history.index(best) + 1}/{len(result.history)}: "
           + ", ".join(f"{k}={v:.4f}" for k, v in best.items() if k.startswith(("valid", "test"))))
-    if run_id:
-        print(f"MLflow run {run_id} in {tracking_uri(cfg.tracking.uri)}")
+    if result.run_id:
+        print(f"MLflow run {result.run_id} in {tracking_uri(cfg.tracking.uri)}")
     return 1 if result.diverged else 0
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .align import align, summarise
-    from .config import load_run_config
-    from .data import load_task
-
-    cfg = load_run_config(args.config, args.set)
-    data = load_task(cfg.data)
-    seeds = args.seeds or [cfg.seed]
-    reports = [align(cfg.model_copy(update={"seed": seed}), data, Path(args.dump) if args.dump else None,
-                     args.after_epochs, args.batch) for seed in seeds]
+    done = api.align(args.config, parse_overrides(args.set), seeds=args.seeds, after_epochs=args.after_epochs,
+                     batch_size=args.batch, dump_dir=args.dump)
     if args.json:
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        print(json.dumps(done.reports[0] if len(done.reports) == 1 else done.reports, indent=2))
         return 0
-    rows = summarise(reports)
     if args.csv:
-        table = pd.DataFrame([{"config": cfg.name, "after_epochs": args.after_epochs, "seeds": len(seeds), **row}
-                              for row in rows])
         path = Path(args.csv)
-        table.to_csv(path, mode="a", header=not path.exists(), index=False)
-    stage = f"after {args.after_epochs} epochs of {cfg.rule.name}" if args.after_epochs else "at initialisation"
-    print(f"{cfg.name}, {stage}, {len(seeds)} seed(s): mean ± std over seeds")
+        done.table.to_csv(path, mode="a", header=not path.exists(), index=False)
+    stage = f"after {args.after_epochs} epochs of {done.config.rule.name}" if args.after_epochs else "at initialisation"
+    print(f"{done.config.name}, {stage}, {len(done.reports)} seed(s): mean ± std over seeds")
     print(f"{'rule':10s} {'param':6s} {'cosine':>16s} {'norm ratio':>18s}")
-    for row in rows:
+    for _, row in done.table.iterrows():
         print(f"{row['rule']:10s} {row['param']:6s} {row['cosine']:8.4f} ± {row['cosine_std']:.4f} "
               f"{row['norm_ratio']:10.4f} ± {row['norm_ratio_std']:.4f}")
+    return 0
+
+
+def cmd_encode_audio(args: argparse.Namespace) -> int:
+    from .data.spikes import read_labels
+
+    start = time.perf_counter()
+    for split, path in api.encode_audio(args.wav_dir, args.out, progress=not args.quiet).items():
+        print(f"{split}: {len(read_labels(path))} recordings -> {path}")
+    print(f"encoded in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -65,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run and log it to MLflow")
-    p.add_argument("config", help="run config YAML")
+    p.add_argument("config", help="run config YAML, or a shipped one's name (jsb_osttp)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=1e-3")
     p.set_defaults(func=cmd_train)
 
@@ -81,9 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH", help="append the mean ± std rows to this CSV")
     p.set_defaults(func=cmd_align)
 
-    from .audio import add_encode_audio_parser
+    p = sub.add_parser(
+        "encode-audio", help="encode FSDD recordings as spike trains in SHD's HDF5 layout",
+        description="Write OUT/fsdd_train.h5 and OUT/fsdd_test.h5 (takes 0-4 are the test set) from "
+                    "the {digit}_{speaker}_{take}.wav files of WAV_DIR; train on them with data.task=fsdd "
+                    "and data.path=OUT.")
+    p.add_argument("wav_dir", metavar="WAV_DIR", type=Path, help="the FSDD recordings directory")
+    p.add_argument("out", metavar="OUT", type=Path, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode_audio)
 
-    add_encode_audio_parser(sub)
     from .pipeline.cli import add_pipeline_parsers
 
     add_pipeline_parsers(sub)

@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 from . import registry
 from .errors import ConfigError
 from .layers import LayerSpec, Reset, param_names
+from .named import config_file
 
 
 def _registered(names: Callable[[], tuple[str, ...]]) -> AfterValidator:
@@ -262,6 +263,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return tree
 
 
+def nest(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`{"optim.lr": 1e-3, "train": {"epochs": 2}}` -> one nested dict: dotted keys and sections alike, later
+    entries over earlier ones."""
+    tree: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        one: dict[str, Any] = {}
+        set_dotted(one, str(key), value)
+        tree = merge(tree, one)
+    return tree
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -306,15 +318,32 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str = "config") 
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
+ConfigSource = RunConfig | Mapping[str, Any] | str | Path
+"""A run config as the API takes it: validated, a mapping shaped like the YAML, or a YAML file's path or the name
+of a shipped one (`jsb_osttp`)."""
+
+
+def as_run_config(config: ConfigSource, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """A validated `RunConfig` from any `ConfigSource`, with `overrides` (dotted keys or sections, see `nest`)
+    over it; anything invalid is one `ConfigError` naming the key."""
+    if isinstance(config, RunConfig):
+        data, source = config.model_dump(), config.name
+    elif isinstance(config, Mapping):
+        data, source = dict(config), "config"
+    elif isinstance(config, str | Path):
+        path = config_file(config)
+        data, source = read_yaml(path), str(path)
+    else:
+        raise ConfigError(f"config: expected a RunConfig, a mapping or a YAML file's path or name, "
+                          f"not {type(config).__name__}")
+    return build(RunConfig, merge(data, nest(overrides)), source=source)
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
                     extra: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run config from YAML, apply dict and `key=value` overrides, validate."""
-    data = read_yaml(path) if path is not None else {}
-    if extra:
-        data = merge(data, extra)
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-    return build(RunConfig, data, source=str(path) if path else "config")
+    """Read a run config from YAML (or its shipped name), apply dict and `key=value` overrides, validate."""
+    tree = merge(extra or {}, parse_overrides(overrides or []))
+    return as_run_config({} if path is None else path, tree)
 
 
 def dump_yaml(config: BaseModel) -> str:

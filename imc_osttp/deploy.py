@@ -141,7 +141,7 @@ def deploy_mode(cfg: RunConfig, trained, data, mode: str, times: list[float],
     the chip or its periphery, devices `programmed`, device `pulses`)."""
     from .builder import DTYPES
     from .rules import compute_update
-    from .train import evaluate
+    from .training import evaluate
 
     kind = copy.deepcopy(MODES[mode])
     net = copy_chip(trained)

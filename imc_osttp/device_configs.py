@@ -108,8 +108,17 @@ def available() -> list[str]:
 
 
 def load(name_or_path: str | Path) -> Any:
-    """The aihwkit rpu_config of a named configuration or YAML file."""
-    return load_spec(name_or_path).rpu_config
+    """The aihwkit rpu_config of a named configuration or YAML file, carrying its writer.
+
+    A pulsed training configuration comes back as aihwkit's config class with the writer and the baseline
+    as fields and `tile_class` a `WriterTile` (imc_osttp.backends.tile), so any aihwkit model built from it
+    (AnalogLinear, AnalogConv2d, AnalogLSTM, layers mapped onto several tiles) and trained by AnalogSGD
+    writes its updates as the project's analog backend does; other configurations come back as they are.
+    """
+    from .backends.tile import with_writer  # imports aihwkit
+
+    spec = load_spec(name_or_path)
+    return with_writer(spec.rpu_config, spec.writer, spec.baseline)
 
 
 def load_spec(name_or_path: str | Path) -> DeviceSpec:
@@ -128,8 +137,16 @@ def load_spec(name_or_path: str | Path) -> DeviceSpec:
 
 
 def save(config: Any, path: str | Path) -> None:
-    """Write an rpu_config (or a whole DeviceSpec) as YAML that `load` reads back equal."""
-    spec = config if isinstance(config, DeviceSpec) else DeviceSpec(rpu_config=config)
+    """Write an rpu_config (or a whole DeviceSpec) as YAML that `load_spec` reads back equal; the writer and
+    baseline of a config from `load` go to their own sections, beside the aihwkit config they extend."""
+    if isinstance(config, DeviceSpec):
+        spec = config
+    elif hasattr(config, "writer"):
+        from .backends.tile import without_writer  # imports aihwkit
+
+        spec = DeviceSpec(rpu_config=without_writer(config), writer=config.writer, baseline=config.baseline)
+    else:
+        spec = DeviceSpec(rpu_config=config)
     data = spec.model_dump(exclude={"rpu_config"}, exclude_defaults=True)
     data["rpu_config"] = to_dict(spec.rpu_config)
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

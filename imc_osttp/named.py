@@ -58,6 +58,11 @@ def study_file(name_or_path: str | Path) -> Path:
     return find(name_or_path, "study", shipped_studies)
 
 
+def config_file(name_or_path: str | Path) -> Path:
+    """A run config: a path, or the name of one shipped in `studies/` (`jsb_osttp`)."""
+    return find(name_or_path, "config", shipped_studies)
+
+
 def studies() -> list[str]:
     """Names of the shipped studies, sweeps and deploy files."""
     return sorted(named_files(shipped_studies()))

@@ -224,10 +224,9 @@ def open_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str |
 
 
 @contextmanager
-def start_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str | None = None,
-              extra_tags: dict[str, str] | None = None, variant: str | None = None) -> Iterator[RunLogger]:
+def start_run(cfg: RunConfig) -> Iterator[RunLogger]:
     """`open_run` for the length of a block: FINISHED on success, KILLED on Ctrl-C, FAILED otherwise."""
-    logger = open_run(cfg, experiment, parent_run_id, extra_tags, variant)
+    logger = open_run(cfg)
     try:
         yield logger
     except KeyboardInterrupt:

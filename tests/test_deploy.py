@@ -20,7 +20,7 @@ from imc_osttp.data.batching import batches  # noqa: E402
 from imc_osttp.deploy import MODES, AdaptationConfig, MitigationConfig, copy_chip, deploy_mode  # noqa: E402
 from imc_osttp.pipeline.jobs import STEPS_PER_DECADE  # noqa: E402
 from imc_osttp.rules import compute_update  # noqa: E402
-from imc_osttp.train import train  # noqa: E402
+from imc_osttp.training import train  # noqa: E402
 
 NOISE_FREE = """
 rpu_config:

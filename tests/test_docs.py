@@ -1,6 +1,6 @@
-"""The documentation: the site builds offline with warnings as errors, its results tables are in step
-with the committed CSVs, and the README stays the front door (its two commands, at most 250 lines,
-links that resolve)."""
+"""The documentation: the site builds offline with warnings as errors, the Python guide's worked example
+runs, its results tables are in step with the committed CSVs, and the README stays the front door (its two
+commands, at most 250 lines, links that resolve)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,25 @@ def test_the_site_builds_offline_with_warnings_as_errors(tmp_path):
     # the figures of results/ joined the site; nothing is fetched from a CDN when a page is read
     assert {p.name for p in (REPO / "results").glob("*.png")} <= {p.name for p in (site / "figures").iterdir()}
     assert not any("fonts.googleapis" in html for html in pages.values())
-    # the API reference came from the docstrings
+    # the API reference came from the docstrings, the public functions on a page of their own
     assert "register_rule" in pages[site / "api" / "registry" / "index.html"]
+    public = pages[site / "api" / "public" / "index.html"]
+    assert all(f"imc_osttp.api.{name}" in public for name in ("train", "run_study", "report", "StudyResult"))
+
+
+@pytest.mark.timeout(300)
+def test_the_python_guides_worked_example_runs(tmp_path, jsb_path):
+    guide = (REPO / "docs" / "guides" / "python.md").read_text()
+    (example,) = [block for block in re.findall(r"```python\n(.*?)```", guide, re.S) if "__main__" in block]
+    (tmp_path / "example.py").write_text(example)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "IMC_OSTTP_DATA": str(jsb_path.parents[1]), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best epoch" in done.stdout and "test_nll_mean" in done.stdout
+    runs = (tmp_path / "results" / "osttp_vs_ostl.csv").read_text().splitlines()
+    assert len(runs) == 1 + 4
 
 
 def test_the_results_tables_are_in_step_with_the_csvs():

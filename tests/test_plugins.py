@@ -1,8 +1,9 @@
 """Plugins: a learning rule, a task and device configurations added from outside the package.
 
-In-process registrations first (what validation accepts and refuses, that a registered signal is
-what trains), then a real plugin package, pip-installed offline into a folder on PYTHONPATH and found
-through its `imc_osttp.plugins` entry point, trained through the CLI and through Python."""
+In-process registrations first, through the public API (what validation accepts and refuses, that a
+registered signal is what trains, that a registered task is what a run trains on), then a real plugin
+package, pip-installed offline into a folder on PYTHONPATH and found through its `imc_osttp.plugins` entry
+point, trained through the CLI and through `imc_osttp.train`."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ import pytest
 import torch
 import yaml
 
-from imc_osttp import register_device_configs, register_rule, register_task, registry
+import imc_osttp
+from imc_osttp import ConfigError, PluginError, register_device_configs, register_rule, register_task, registry
 from imc_osttp.builder import build_network
-from imc_osttp.config import load_run_config
-from imc_osttp.data import batches, load_task
+from imc_osttp.data import batches
 from imc_osttp.data.synthetic import synthetic_jsb
-from imc_osttp.errors import ConfigError, PluginError
 from imc_osttp.rules import compute_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,17 +43,18 @@ def zero_signal(net, chunk, err, target):
 
 def test_a_registered_rule_is_valid_config_and_its_signal_trains(clean_registry):
     with pytest.raises(ConfigError, match=r"rule\.name: Input should be .*'osttp' \(got 'frozen_hidden'\)"):
-        load_run_config(None, ["rule.name=frozen_hidden"])
+        imc_osttp.train({"rule": {"name": "frozen_hidden"}})
     register_rule("frozen_hidden", zero_signal)
     assert registry.rule_names()[-1] == "frozen_hidden"
     with pytest.raises(ConfigError, match=r"rule\.name: Input should be .*'osttp' or 'frozen_hidden'"):
-        load_run_config(None, ["rule.name=nope"])
+        imc_osttp.train({"rule": {"name": "nope"}})
 
     data = synthetic_jsb(2, 6)
     batch = next(iter(batches(data.train, 2)))
     grads = {}
     for name in ("frozen_hidden", "osttp"):
-        cfg = load_run_config(None, [f"rule.name={name}", "data.task=synthetic", "model.hidden=7"])
+        cfg = imc_osttp.RunConfig.model_validate({"rule": {"name": name}, "data": {"task": "synthetic"},
+                                                  "model": {"hidden": 7}})
         grads[name], _ = compute_update(cfg.rule, build_network(cfg, data.n_in, data.n_out), batch)
     # the hidden layer learns only through the rule's signal; the readout's local gradient is the same
     assert grads["frozen_hidden"]["W1"].abs().max() == 0 and grads["osttp"]["W1"].abs().max() > 0
@@ -73,12 +74,15 @@ def test_registration_errors_are_one_line(clean_registry):
         register_device_configs(REPO / "README.md")
 
 
-def test_a_registered_task_loads_and_names_its_readout(clean_registry):
-    register_task("tiny_rolls", lambda cfg: synthetic_jsb(3, 5), readout="leaky")
+def test_a_registered_task_is_what_a_run_trains_on_and_names_its_readout(clean_registry):
+    asked = []
+    register_task("tiny_rolls", lambda cfg: asked.append(cfg) or synthetic_jsb(3, 5), readout="leaky")
+    tiny = {"data": {"task": "tiny_rolls", "max_sequences": 2}, "model": {"hidden": 6},
+            "train": {"epochs": 1}, "tracking": {"enabled": False}}
     with pytest.raises(ConfigError, match=r"model\.readout: the tiny_rolls task needs the 'leaky' readout"):
-        load_run_config(None, ["data.task=tiny_rolls"])
-    cfg = load_run_config(None, ["data.task=tiny_rolls", "model.readout=leaky"])
-    assert len(load_task(cfg.data).train) == 3
+        imc_osttp.train(tiny)
+    result = imc_osttp.train(tiny, {"model.readout": "leaky"}, progress=False)
+    assert [cfg.max_sequences for cfg in asked] == [2] and len(result.history) == 1
 
 
 def test_a_broken_plugin_is_one_line_naming_it(clean_registry, monkeypatch):
@@ -153,12 +157,12 @@ PLUGIN = {
 
 TRAIN_IN_PYTHON = """
 import json, sys
+import imc_osttp
 from imc_osttp import device_configs
-from imc_osttp.config import load_run_config
-from imc_osttp.runner import run
-result, _ = run(load_run_config(sys.argv[1], ["backend.kind=analog", "backend.device_config=demo_ideal",
-                                              "backend.feedback_config=demo_ideal"]), progress=False)
-print(json.dumps({"history": result.history, "device_config": str(device_configs._resolve("demo_ideal"))}))
+result = imc_osttp.train(sys.argv[1], {"backend": {"kind": "analog", "device_config": "demo_ideal",
+                                                   "feedback_config": "demo_ideal"}}, progress=False)
+print(json.dumps({"history": result.history, "run_id": result.run_id,
+                  "device_config": str(device_configs._resolve("demo_ideal"))}))
 """
 
 
@@ -191,6 +195,6 @@ def test_an_installed_plugin_trains_its_rule_on_its_task_through_the_cli_and_pyt
     api = python("-c", TRAIN_IN_PYTHON, str(config))
     assert api.returncode == 0, api.stderr
     out = json.loads(api.stdout.splitlines()[-1])
-    assert Path(out["device_config"]).is_relative_to(site)  # the plugin's device configuration
+    assert out["run_id"] and Path(out["device_config"]).is_relative_to(site)  # the plugin's device configuration
     nll = [epoch["train_nll"] for epoch in out["history"]]
     assert len(nll) == 4 and nll[-1] < nll[0], nll  # the rule learns the task

@@ -24,7 +24,7 @@ from imc_osttp.data.batching import Batch, collate
 from imc_osttp.network import SNUNet
 from imc_osttp.pipeline.spec import load_spec
 from imc_osttp.rules import compute_update
-from imc_osttp.train import train
+from imc_osttp.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IMC_OSTTP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

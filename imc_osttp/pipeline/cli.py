@@ -4,54 +4,39 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
+from .. import api
+from ..config import parse_overrides
 from .executors import EXECUTORS
 
-VERBS = {  # verb: (job kind, help)
-    "study": ("train", "run variants × seeds, write results/<name>.csv and a figure"),
-    "sweep": ("train", "train a device non-ideality sweep (nested MLflow runs); then `imc-osttp report`"),
-    "deploy": ("deploy", "train, then evaluate the chip from 1 s to 1 year after its last write (frozen, "
-                         "drift-compensated, learning); write results/<name>.csv and a figure"),
+VERBS = {  # verb: (the api function, help)
+    "study": (api.run_study, "run variants × seeds, write results/<name>.csv and a figure"),
+    "sweep": (api.run_sweep, "train a device non-ideality sweep (nested MLflow runs); then `imc-osttp report`"),
+    "deploy": (api.run_deploy, "train, then evaluate the chip from 1 s to 1 year after its last write (frozen, "
+                               "drift-compensated, learning); write results/<name>.csv and a figure"),
 }
 
 
-def _load(args: argparse.Namespace, job: str | None):
-    from ..config import parse_overrides
-    from .spec import load_spec
-
-    return load_spec(args.spec, parse_overrides(args.set) if args.set else None, job)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import report
-    from .run import run_spec
-
-    spec = _load(args, VERBS[args.command][0])
-    summary = run_spec(spec, args.command, args.workers, args.executor, args.ray_address, dry_run=args.dry_run)
+    run = VERBS[args.command][0]
+    done = run(args.spec, parse_overrides(args.set), workers=args.workers, executor=args.executor,
+               ray_address=args.ray_address, dry_run=args.dry_run)
+    name, summary = done.spec.name, done.summary
     if args.dry_run:
-        print(f"{spec.name}: {summary.total} runs: {summary.skipped} done, {len(summary.todo)} to train"
+        print(f"{name}: {summary.total} runs: {summary.skipped} done, {len(summary.todo)} to train"
               + "".join(f"\n  {j.title or j.kind}, seed {j.seed}" for j in summary.todo))
         return 0
-    print(summary.line(spec.name))
+    print(summary.line(name))
     if args.command == "sweep":
         parent = summary.parent_run_id
         print((f"MLflow parent run {parent} in {summary.tracking_uri}; " if parent else "")
               + f"next: imc-osttp report {args.spec}")
-    elif summary.skipped + summary.finished:
-        print(report(spec, spec.jobs()))
+    elif done.report is not None:
+        print(done.report.text)
     return 1 if summary.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report, report_parent
-
-    if (args.spec is None) == (args.run_id is None):
-        raise ConfigError("report: give a study, sweep or deploy file, or --run-id PARENT, not both")
-    if args.run_id is not None:
-        print(report_parent(args.run_id, args.output_dir or "results"))
-        return 0
-    spec = _load(args, None)
-    print(report(spec, spec.jobs(), args.output_dir))
+    print(api.report(args.spec, parse_overrides(args.set), run_id=args.run_id, output_dir=args.output_dir).text)
     return 0
 
 

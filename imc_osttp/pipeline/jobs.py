@@ -20,7 +20,7 @@ from .spec import Job
 
 if TYPE_CHECKING:
     from ..data import TaskData
-    from ..train import RunResult
+    from ..training import RunResult
 
 Relay = Callable[[str, Any], None]  # ("start", None) and ("epoch", (epoch, metrics))
 STEPS_PER_DECADE = 100  # MLflow step of deploy time t: round(100·log10(t / 1 s))
@@ -72,7 +72,7 @@ def _train(job: Job, data: TaskData | None, relay: Relay) -> tuple[RunResult, Ta
 
     from ..data import load_task
     from ..runner import final_parameters
-    from ..train import train
+    from ..training import train
 
     torch.set_num_threads(job.cfg.train.threads or 1)  # one per job: jobs run side by side
     data = data if data is not None else load_task(job.cfg.data)

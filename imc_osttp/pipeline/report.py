@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,27 @@ from .spec import Job, Spec
 METRICS = ("test_nll", "test_accuracy")
 
 
-def report(spec: Spec, jobs: list[Job], output_dir: str | None = None) -> str:
-    """Write the spec's tables and figures from its record (a sweep's under `output_dir` if given); the
-    printable table."""
+@dataclass(frozen=True)
+class Report:
+    """A spec's report.
+
+    Attributes:
+        name: the spec's name.
+        table: mean ± std over seeds, one row per variant (study), per point (sweep) or per mode and time
+            (deploy).
+        text: the table as `imc-osttp report` prints it, with the task's reference values and where the
+            files are.
+        files: the tables and figures written.
+    """
+
+    name: str
+    table: pd.DataFrame
+    text: str
+    files: tuple[Path, ...]
+
+
+def report(spec: Spec, jobs: list[Job], output_dir: str | None = None) -> Report:
+    """Write the spec's tables and figures from its record (a sweep's under `output_dir` if given)."""
     rows, history = Record(spec).current(jobs)
     if rows.empty:
         raise ConfigError(f"{spec.name}: nothing recorded yet in {Record(spec).runs}; run it first")
@@ -67,7 +86,7 @@ def references(cfg: RunConfig) -> dict[str, float]:
 
 
 def study_report(spec: Spec, jobs: list[Job], rows: pd.DataFrame, history: pd.DataFrame, metric: str,
-                 refs: dict[str, float]) -> str:
+                 refs: dict[str, float]) -> Report:
     record = Record(spec)
     figure = record.runs.with_suffix(".png")
     title = f"{spec.name}: {metric} per epoch (mean ± std over seeds, thin: each seed)"
@@ -94,7 +113,7 @@ def study_report(spec: Spec, jobs: list[Job], rows: pd.DataFrame, history: pd.Da
         uri = tracking_uri(cfg.tracking.uri)
         text += (f"\n\nTable: {record.runs}   figure: {figure}\nMLflow experiment '{spec.name}' in {uri}; "
                  + ui_hint(uri, experiment))
-    return text
+    return Report(spec.name, table, text, (record.runs, record.history, figure))
 
 
 def ui_hint(uri: str, experiment: str) -> str:
@@ -127,7 +146,7 @@ def find_run_parent(run_id: str) -> tuple[Any, Any]:
     return mlf, parent
 
 
-def report_parent(run_id: str, output_dir: str | Path) -> str:
+def report_parent(run_id: str, output_dir: str | Path) -> Report:
     """A sweep's report from its MLflow parent run alone (no spec, no record on this machine)."""
     mlf, parent = find_run_parent(run_id)
     axes = json.loads(parent.data.tags.get(mirror.TAG_AXES, "[]"))
@@ -166,7 +185,7 @@ def points_table(runs: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFra
 
 
 def sweep_report(name: str, runs: pd.DataFrame, axes_info: list[dict[str, Any]], output_dir: str | Path,
-                 refs: dict[str, float], parent: tuple[Any, Any] | None) -> str:
+                 refs: dict[str, float], parent: tuple[Any, Any] | None) -> Report:
     """Write the sweep's tables and figures under `output_dir`, log them on its parent run if there is one
     (`parent`: an MLflow client and the run)."""
     axes = [a["label"] for a in axes_info]
@@ -197,7 +216,7 @@ def sweep_report(name: str, runs: pd.DataFrame, axes_info: list[dict[str, Any]],
         for path in paths:
             mlf.log_artifact(run.info.run_id, str(path), "report")
         text += f"\nMLflow parent run {run.info.run_id} in {mlf.tracking_uri}"
-    return text
+    return Report(name, points, text, tuple(paths))
 
 
 def _format_points(points: pd.DataFrame, axes: list[str], metric: str) -> str:
@@ -221,7 +240,7 @@ def _slug(label: str) -> str:
 # ------------------------------------------------------------------ deploys
 
 
-def deploy_report(spec: Spec, rows: pd.DataFrame, metric: str, refs: dict[str, float]) -> str:
+def deploy_report(spec: Spec, rows: pd.DataFrame, metric: str, refs: dict[str, float]) -> Report:
     """One row per (mode, time): mean and std over seeds of the metric, mean pulses and updates; the figure."""
     grouped = rows.groupby(["mode", "time_s"], sort=False)
     table = pd.DataFrame({"seeds": grouped["seed"].count(), "mean": grouped[metric].mean(),
@@ -229,12 +248,13 @@ def deploy_report(spec: Spec, rows: pd.DataFrame, metric: str, refs: dict[str, f
                           "updates": grouped["updates"].mean()})
     table = table.reindex([(m, t) for m in spec.modes for t in spec.times if (m, t) in table.index])
     path = Record(spec).runs
-    figures.time_curves(rows, metric, spec.modes, spec.times, TIME_NAMES, path.with_suffix(".png"),
-                        f"{spec.name}: {metric} after deployment (mean ± std over seeds)", refs)
+    figure = figures.time_curves(rows, metric, spec.modes, spec.times, TIME_NAMES, path.with_suffix(".png"),
+                                 f"{spec.name}: {metric} after deployment (mean ± std over seeds)", refs)
     lines = [f"{'mode':13s} {'time':>9s} {'seeds':>5s} {metric + ' (mean ± std)':>24s} {'updates':>8s} "
              f"{'pulses':>10s}"]
     for (mode, t), row in table.iterrows():
         lines.append(f"{mode:13s} {TIME_NAMES.get(t, f'{t:g} s'):>9s} {int(row['seeds']):5d} "
                      f"{row['mean']:15.3f} ± {row['std']:.3f} {row['updates']:8.0f} {row['pulses']:10.3g}")
     lines += [f"{'reference: ' + name:30s} {value:15.3f}" for name, value in refs.items()]
-    return "\n".join(lines) + f"\n\nTable: {path}   figure: {path.with_suffix('.png')}"
+    text = "\n".join(lines) + f"\n\nTable: {path}   figure: {figure}"
+    return Report(spec.name, table, text, (path, figure))

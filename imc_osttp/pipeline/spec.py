@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -203,6 +204,25 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None, job: Jo
     path = study_file(path)
     data = read_yaml(path)
     return parse_spec(merge(data, overrides) if overrides else data, Path(path).parent, str(path), job)
+
+
+SpecSource = Spec | Mapping[str, Any] | str | Path
+"""A spec as the API takes it: validated, a mapping shaped like the file, or a file's path or shipped name."""
+
+
+def as_spec(spec: SpecSource, tree: dict[str, Any] | None = None, job: JobKind | None = None) -> Spec:
+    """A validated `Spec` for a command's job kind from any `SpecSource`, with the nested overrides `tree`
+    (`config.nest`) over it; a mapping's `base_config` is read relative to the working directory."""
+    tree = tree or {}
+    if isinstance(spec, Spec):
+        if not tree and job in (None, spec.job):
+            return spec
+        return parse_spec(merge(spec.model_dump(exclude_unset=True), tree), ".", spec.name, job)
+    if isinstance(spec, Mapping):
+        return parse_spec(merge(dict(spec), tree), ".", str(spec.get("name", "spec")), job)
+    if isinstance(spec, str | Path):
+        return load_spec(spec, tree, job)
+    raise ConfigError(f"spec: expected a Spec, a mapping or a study file's path or name, not {type(spec).__name__}")
 
 
 def expand(spec: Spec) -> list[tuple[dict[str, str], RunConfig]]:

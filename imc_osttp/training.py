@@ -22,10 +22,22 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class RunResult:
+    """A trained run.
+
+    Attributes:
+        config: the run config it trained.
+        history: one dict of metrics per epoch (`train_nll` or `train_loss`, `valid_nll`, `test_nll` or
+            `test_accuracy`, `spike_rate`, `epoch_time`, and the backend's, e.g. pulse counts).
+        diverged: it stopped early because the loss stopped being finite.
+        net: the trained network (its weights on its backend).
+        run_id: its MLflow run, when tracked.
+    """
+
     config: RunConfig
     history: list[dict[str, float]] = field(default_factory=list)
     diverged: bool = False
     net: SNUNet | None = None
+    run_id: str | None = None
 
     @property
     def selection_metric(self) -> str:

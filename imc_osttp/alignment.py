@@ -11,9 +11,11 @@ rule's update.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .builder import DTYPES, build_for_task
@@ -23,7 +25,7 @@ from .data.batching import Batch
 from .network import SNUNet
 from .registry import rule_names
 from .rules import compute_update
-from .train import train
+from .training import train
 
 
 def rule_updates(cfg: RunConfig, net: SNUNet, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
@@ -101,3 +103,31 @@ def summarise(reports: list[dict[str, dict[str, dict[str, float]]]]) -> list[dic
                 row[key], row[f"{key}_std"] = float(values.mean()), float(values.std(ddof=1) if len(values) > 1 else 0)
             rows.append(row)
     return rows
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The diagnostic over seeds.
+
+    Attributes:
+        config: the run config (its seed the first of the seeds).
+        after_epochs: epochs of the config's own rule before the diagnostic (0: at initialisation).
+        reports: each seed's `{rule: {param: {"cosine": c, "norm_ratio": r}}}`.
+        table: one row per (rule, param): config, after_epochs, seeds, and the mean and std over seeds of
+            `cosine` and `norm_ratio`.
+    """
+
+    config: RunConfig
+    after_epochs: int
+    reports: list[dict[str, dict[str, dict[str, float]]]]
+    table: pd.DataFrame
+
+
+def align_seeds(cfg: RunConfig, data: TaskData, seeds: list[int], dump_dir: Path | None = None,
+                after_epochs: int = 0, batch_size: int | None = None) -> Alignment:
+    """`align` for each seed (a dump is the last seed's), and the mean ± std over them (`summarise`)."""
+    reports = [align(cfg.model_copy(update={"seed": seed}), data, dump_dir, after_epochs, batch_size)
+               for seed in seeds]
+    table = pd.DataFrame([{"config": cfg.name, "after_epochs": after_epochs, "seeds": len(seeds), **row}
+                          for row in summarise(reports)])
+    return Alignment(cfg, after_epochs, reports, table)
