@@ -76,10 +76,14 @@ class _LayerChunk(torch.autograd.Function):
                              "sequence as one chunk)")
         B, K, n = cur.shape
         S, Y, psi = cur.new_empty(dyn.neuron.k, B, K, n), torch.empty_like(cur), torch.empty_like(cur)
-        forward = kernels().forward_kernel(dyn.neuron, dyn.surrogate.pre)
-        forward(_np(cur), _np(h0), _np(y0), _np(b), _np(H) if H is not None else _empty(cur, 2),
-                _typed_params(dyn.params, cur), _typed_params(dyn.surrogate.params(), cur), _typed(0.0, cur),
-                _typed(1.0, cur), blas.EVENT_DENSITY, S.numpy(), Y.numpy(), psi.numpy())
+        forward = kernels().forward_kernels(dyn.neuron, dyn.surrogate.pre)
+        p, q, zero, one = (_typed_params(dyn.params, cur), _typed_params(dyn.surrogate.params(), cur),
+                           _typed(0.0, cur), _typed(1.0, cur))
+        if H is None:
+            forward.feedforward(_np(cur), _np(h0), _np(y0), _np(b), p, q, zero, one, S.numpy(), Y.numpy(), psi.numpy())
+        else:
+            forward.recurrent(_np(cur), _np(h0), _np(y0), _np(b), _np(H), p, q, zero, one, blas.EVENT_DENSITY,
+                              S.numpy(), Y.numpy(), psi.numpy())
         if dyn.surrogate.post is not None:
             dyn.surrogate.post(psi)
         ctx.mark_non_differentiable(psi)
@@ -138,8 +142,8 @@ class FusedEngine:
         S, k = chunk.h, dyn.neuron.k
         J, c = S.new_empty(k, *S.shape), torch.empty_like(S)
         _of(dyn).jacobian(_np(S), _np(chunk.y), _np(chunk.psi), _np(before.h), _np(before.y), _np(before.psi),
-                          _np(b), _np(hd) if hd is not None else _empty(S, 1), _typed_params(dyn.params, S), exact,
-                          _typed(0.0, S), J.numpy(), c.numpy())
+                          _np(b), _np(hd if hd is not None else torch.zeros_like(b)), _typed_params(dyn.params, S),
+                          exact, J.numpy(), c.numpy())
         return J, c
 
     def traces(self, dyn: Dynamics, chunk: LayerChunk, before: LayerState, b: Tensor, hd: Tensor | None,
@@ -152,7 +156,7 @@ class FusedEngine:
         gA = S.new_empty(k, B, n) if held else S.new_empty(0, 0, 0)
         gb = g.new_zeros(n)
         _of(dyn).traces(_np(S), _np(chunk.y), _np(chunk.psi), _np(before.h), _np(before.y), _np(before.psi), _np(b),
-                        _np(hd) if hd is not None else _empty(S, 1), _typed_params(dyn.params, S), exact,
+                        _np(hd if hd is not None else torch.zeros_like(b)), _typed_params(dyn.params, S), exact,
                         _typed(0.0, S), _typed(1.0, S), _np(g), eps_b.numpy(), G.numpy(), F.numpy(), A_last.numpy(),
                         gA.numpy(), gb.numpy(), carry, held)
         return TraceChunk(G, F if carry else None, A_last if held else None, gA if held else None, gb)

@@ -107,95 +107,105 @@ def _registered() -> None:
         register_jitable(fn)
 
 
-def _gather(k: int) -> Callable:
-    """gather(a, j) = (a[0, j], …, a[k-1, j]): unit j's state as the tuple a neuron takes. Written out for
-    this k (numba's to_fixed_tuple costs 3× the SNU's whole step)."""
+def _gather(k: int, dims: int) -> Callable:
+    """gather(a, *idx) = (a[0, *idx], …, a[k-1, *idx]): a unit's state as the tuple a neuron takes, from
+    an array [k, …] of `dims` dimensions. Written out for this k and indexed in full (numba's
+    to_fixed_tuple, or a view a[:, i], costs several times the SNU's whole step)."""
+    idx = ", ".join("ijkl"[: dims - 1])
     namespace: dict = {}
-    exec(f"def gather(a, j):\n    return ({' '.join(f'a[{c}, j],' for c in range(k))})\n", namespace)  # noqa: S102
+    exec(f"def gather(a, {idx}):\n    return ({' '.join(f'a[{c}, {idx}],' for c in range(k))})\n", namespace)  # noqa: S102
     return register_jitable(namespace["gather"])
 
 
 @functools.cache
-def forward_kernel(neuron: Neuron, pre: Callable) -> Callable:
-    """The forward of one neuron model over a chunk, with its surrogate's elementwise part `pre`."""
+def forward_kernels(neuron: Neuron, pre: Callable) -> SimpleNamespace:
+    """The forward of one neuron model over a chunk, with its surrogate's elementwise part `pre`: S [KS, B,
+    K, n], Y from the input currents cur [B, K, n] and the state before (h0 [KS, B, n], y0): h, arg =
+    step(cur, h, y), y = Θ(arg), P = pre(arg). `recurrent` adds y^{t-1} H (one GEMM over the batch per
+    step) to cur first."""
     _registered()
-    return _forward(neuron.step, pre, neuron.k, _stamp(), _gather(neuron.k))
+    return _forward(neuron.step, pre, neuron.k, _stamp(), _gather(neuron.k, 2), _gather(neuron.k, 3))
 
 
 @functools.cache
 def neuron_kernels(neuron: Neuron) -> SimpleNamespace:
     """The other kernels of one neuron model: backward (BPTT), jacobian and traces (the exact traces' chunk)."""
     _registered()
-    return SimpleNamespace(**_build(neuron.jacobian, neuron.spike_grad, neuron.k, _stamp(), _gather(neuron.k)))
+    return SimpleNamespace(**_build(neuron.jacobian, neuron.spike_grad, neuron.k, _stamp(), _gather(neuron.k, 3),
+                                    _gather(neuron.k, 4)))
 
 
 # The kernels are closures over the neuron's functions and its state size KS (a compile-time constant,
 # so the loops over state variables unroll); each reads `stamp`, so that it is part of the closure,
 # which numba's cache key hashes.
 
-def _forward(step, pre, KS, stamp, gather):  # noqa: ANN001, ANN202, N803
+def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N803
     @nb.njit(cache=True, nogil=True)
-    def forward(cur, h0, y0, b, H, p, q, zero, one, density, S, Y, P):  # noqa: ANN001, ANN202
-        """S [KS, B, K, n], Y over a chunk from the input currents cur [B, K, n] and the state before it
-        (h0 [KS, B, n], y0): h, arg = step(cur, h, y), y = Θ(arg); with H [n, n] the recurrent current
-        y^{t-1} H (one GEMM over the batch per step) is added to cur first. P gets the surrogate's
-        elementwise part pre(arg)."""
+    def feedforward(cur, h0, y0, b, p, q, zero, one, S, Y, P):  # noqa: ANN001, ANN202
+        """Sample by sample: a sample's state stays in cache for its whole chunk."""
         stamp  # noqa: B018
         Bn, K, n = cur.shape
-        if H.shape[0] == 0:  # feed-forward: a sample's state stays in cache for its whole chunk
-            for i in range(Bn):
-                st = h0[:, i, :].copy()
-                y = y0[i].copy()
-                for k in range(K):
-                    for j in range(n):
-                        h, arg = step(cur[i, k, j], gather(st, j), y[j], b[j], p)
-                        y[j] = one if arg > zero else zero
-                        for c in range(KS):
-                            st[c, j] = h[c]
-                            S[c, i, k, j] = h[c]
-                        Y[i, k, j] = y[j]
-                        P[i, k, j] = pre(arg, q)
-            return
-        st = h0.copy()
-        y = y0.copy()
-        rec = np.empty((Bn, n), S.dtype)
-        for k in range(K):
-            spikes_times(y, H, rec, density)
-            for i in range(Bn):
-                sti = st[:, i]
+        st = np.empty((KS, n), S.dtype)
+        y = np.empty(n, S.dtype)
+        for i in range(Bn):
+            for j in range(n):
+                y[j] = y0[i, j]
+                for c in range(KS):
+                    st[c, j] = h0[c, i, j]
+            for k in range(K):
                 for j in range(n):
-                    h, arg = step(cur[i, k, j] + rec[i, j], gather(sti, j), y[i, j], b[j], p)
-                    y[i, j] = one if arg > zero else zero
+                    h, arg = step(cur[i, k, j], gather2(st, j), y[j], b[j], p)
+                    y[j] = one if arg > zero else zero
                     for c in range(KS):
-                        sti[c, j] = h[c]
+                        st[c, j] = h[c]
                         S[c, i, k, j] = h[c]
-                    Y[i, k, j] = y[i, j]
+                    Y[i, k, j] = y[j]
                     P[i, k, j] = pre(arg, q)
 
-    return forward
+    @nb.njit(cache=True, nogil=True)
+    def recurrent(cur, h0, y0, b, H, p, q, zero, one, density, S, Y, P):  # noqa: ANN001, ANN202
+        """Step by step over the batch: the recurrent current y^{t-1} H is one product per step."""
+        stamp  # noqa: B018
+        Bn, K, n = cur.shape
+        st = h0.copy()
+        ys = y0.copy()
+        rec = np.empty((Bn, n), S.dtype)
+        for k in range(K):
+            spikes_times(ys, H, rec, density)
+            for i in range(Bn):
+                for j in range(n):
+                    h, arg = step(cur[i, k, j] + rec[i, j], gather3(st, i, j), ys[i, j], b[j], p)
+                    ys[i, j] = one if arg > zero else zero
+                    for c in range(KS):
+                        st[c, i, j] = h[c]
+                        S[c, i, k, j] = h[c]
+                    Y[i, k, j] = ys[i, j]
+                    P[i, k, j] = pre(arg, q)
+
+    return SimpleNamespace(feedforward=feedforward, recurrent=recurrent)
 
 
-def _build(jac, spike_grad, KS, stamp, gather):  # noqa: ANN001, ANN202, C901, N803
-    @register_jitable  # inlined where `backward` calls it (a dispatcher in the closure would defeat the cache)
-    def back_unit(gs, gy, rec, ps, hk, yk, bj, p, zero, r, a, tmp, j, has_gs):  # noqa: ANN001, ANN202
+def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN202, C901, N803
+    @register_jitable  # inlined where a kernel calls it (a dispatcher in the closure would defeat the cache)
+    def back_unit(gS, gy, rec, S, Y, psi, b, p, zero, r, a, tmp, i, k, j):  # noqa: ANN001, ANN202
         """One unit of one step of `backward`: a ← dE/dh_k from a = dE/dh_{k+1}; returns its share of dE/db."""
-        ep = (gy + rec) * ps  # dE/dy_k (loss and recurrence) times dy/darg
-        J, c = jac(gather(hk, j), yk, ps, bj, zero, p, True)
+        ep = (gy + rec) * psi[i, k, j]  # dE/dy_k (loss and recurrence) times dy/darg
+        J, c = jac(gather4(S, i, k, j), Y[i, k, j], psi[i, k, j], b[j], zero, p, True)
         db = -ep
         for c2 in range(KS):
-            t = (gs[c2] if has_gs else zero) + ep * r[c2]
+            t = (gS[c2, i, k, j] if gS.size else zero) + ep * r[c2]
             for c1 in range(KS):
-                t += a[c1, j] * J[c1][c2]
+                t += a[c1, i, j] * J[c1][c2]
             tmp[c2, j] = t
         for c1 in range(KS):
-            db += a[c1, j] * c[c1]
+            db += a[c1, i, j] * c[c1]
         for c2 in range(KS):
-            a[c2, j] = tmp[c2, j]
+            a[c2, i, j] = tmp[c2, j]
         return db
 
     @nb.njit(cache=True, nogil=True)
     def backward(gS, gY, S, Y, psi, h0, y0, b, H, p, zero, gcur, gb):  # noqa: ANN001, ANN202
-        """BPTT through `forward` with the surrogate as dy/darg, from the chunk's end; the state before the
+        """BPTT through the forward with the surrogate as dy/darg, from the chunk's end; the state before the
         chunk is a constant. a_k = dE/dh_k obeys a_k = gS_k + e_k ψ_k r + a_{k+1} J_{k+1}, e_k = gY_k +
         (a_{k+1} q) Hᵀ, with J the neuron's exact Jacobian without the recurrent diagonal (y H carries it) and r
         its spike_grad; dE/dcur_k = a_k q = a_k[0], dE/db = Σ_k (−e_k ψ_k + a_{k+1} c_{k+1}) + a_0 c_0 (c_0
@@ -204,57 +214,82 @@ def _build(jac, spike_grad, KS, stamp, gather):  # noqa: ANN001, ANN202, C901, N
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
         r = spike_grad(p)
-        recurrent = H.shape[0] != 0
-        has_gs = gS.size != 0
         an = np.zeros((KS, Bn, n), S.dtype)  # a_{k+1}
         tmp = np.empty((KS, n), S.dtype)
         gbl = np.zeros(n, S.dtype)  # dE/db in a buffer of its own (no aliasing: the loop over j vectorises)
-        nogs = np.zeros(KS, S.dtype)
-        if not recurrent:  # sample by sample: a sample's chunk streams through the cache once
+        if H.shape[0] == 0:  # sample by sample: a sample's chunk streams through the cache once
             for i in range(Bn):
-                ai = an[:, i]
                 for k in range(K - 1, -1, -1):
-                    hk = S[:, i, k]
                     for j in range(n):
-                        gbl[j] += back_unit(gS[:, i, k, j] if has_gs else nogs, gY[i, k, j], zero, psi[i, k, j], hk,
-                                            Y[i, k, j], b[j], p, zero, r, ai, tmp, j, has_gs)
-                        gcur[i, k, j] = ai[0, j]
+                        gbl[j] += back_unit(gS, gY[i, k, j], zero, S, Y, psi, b, p, zero, r, an, tmp, i, k, j)
+                        gcur[i, k, j] = an[0, i, j]
         else:
             for k in range(K - 1, -1, -1):
                 rec = an[0] @ H.T
                 for i in range(Bn):
-                    ai = an[:, i]
-                    hk = S[:, i, k]
                     for j in range(n):
-                        gbl[j] += back_unit(gS[:, i, k, j] if has_gs else nogs, gY[i, k, j], rec[i, j], psi[i, k, j],
-                                            hk, Y[i, k, j], b[j], p, zero, r, ai, tmp, j, has_gs)
-                        gcur[i, k, j] = ai[0, j]
+                        gbl[j] += back_unit(gS, gY[i, k, j], rec[i, j], S, Y, psi, b, p, zero, r, an, tmp, i, k, j)
+                        gcur[i, k, j] = an[0, i, j]
         for i in range(Bn):
-            hi = h0[:, i]
             for j in range(n):
-                _, c = jac(gather(hi, j), y0[i, j], zero, b[j], zero, p, True)
+                _, c = jac(gather3(h0, i, j), y0[i, j], zero, b[j], zero, p, True)
                 for c1 in range(KS):
                     gbl[j] += an[c1, i, j] * c[c1]
         gb += gbl
 
+    @register_jitable
+    def store(Jt, ct, J, C, i, k, j):  # noqa: ANN001, ANN202
+        for c1 in range(KS):
+            C[c1, i, k, j] = ct[c1]
+            for c2 in range(KS):
+                J[c1, c2, i, k, j] = Jt[c1][c2]
+
     @nb.njit(cache=True, nogil=True)
-    def jacobian(S, Y, psi, h_in, y_in, psi_in, b, hd, p, exact, zero, J, C):  # noqa: ANN001, ANN202
+    def jacobian(S, Y, psi, h_in, y_in, psi_in, b, hd, p, exact, J, C):  # noqa: ANN001, ANN202
         """The neuron's (J, c) at every step of a chunk, each step reading the one before (the state before
-        the chunk for the first): J [KS, KS, B, K, n], C [KS, B, K, n]; hd the recurrent diagonal or empty."""
+        the chunk for the first): J [KS, KS, B, K, n], C [KS, B, K, n]; hd the recurrent diagonal (zeros
+        without)."""
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
-        recurrent = hd.shape[0] != 0
         for i in range(Bn):
-            for k in range(K):
-                src = S[:, i, k - 1] if k else h_in[:, i]
-                yp = Y[i, k - 1] if k else y_in[i]
-                pp = psi[i, k - 1] if k else psi_in[i]
+            for j in range(n):
+                Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], hd[j], p, exact)
+                store(Jt, ct, J, C, i, 0, j)
+            for k in range(1, K):
                 for j in range(n):
-                    Jt, ct = jac(gather(src, j), yp[j], pp[j], b[j], hd[j] if recurrent else zero, p, exact)
-                    for c1 in range(KS):
-                        C[c1, i, k, j] = ct[c1]
-                        for c2 in range(KS):
-                            J[c1, c2, i, k, j] = Jt[c1][c2]
+                    Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], hd[j], p, exact)
+                    store(Jt, ct, J, C, i, k, j)
+
+    @register_jitable
+    def forward_unit(Jt, ct, gk, eb, A, gAl, r, one, first, need_A, j):  # noqa: ANN001, ANN202
+        """One unit of one step of `traces`' forward pass: ε_b ← J ε_b + c, A ← J A, Σ g rᵀA; returns g (rᵀε_b − 1)."""
+        for c1 in range(KS):
+            t = Jt[c1][0] * eb[0, j]
+            for c2 in range(1, KS):
+                t += Jt[c1][c2] * eb[c2, j]
+            eb[KS + c1, j] = t + ct[c1]
+        for c1 in range(KS):
+            eb[c1, j] = eb[KS + c1, j]
+        s = r[0] * eb[0, j]
+        for c1 in range(1, KS):
+            s += r[c1] * eb[c1, j]
+        if need_A:
+            for c2 in range(KS):
+                for c1 in range(KS):
+                    if first:
+                        t = Jt[c1][c2]
+                    else:
+                        t = Jt[c1][0] * A[0, c2, j]
+                        for m in range(1, KS):
+                            t += Jt[c1][m] * A[m, c2, j]
+                    A[KS + c1, c2, j] = t
+                for c1 in range(KS):
+                    A[c1, c2, j] = A[KS + c1, c2, j]
+                u = r[0] * A[0, c2, j]
+                for c1 in range(1, KS):
+                    u += r[c1] * A[c1, c2, j]
+                gAl[c2, j] = gk * u if first else gAl[c2, j] + gk * u
+        return gk * (s - one)
 
     @nb.njit(cache=True, nogil=True)
     def traces(S, Y, psi, h_in, y_in, psi_in, b, hd, p, exact, zero, one, g, eps_b, G, F, A_last, gA, gb,  # noqa: ANN001, ANN202, PLR0913
@@ -263,60 +298,40 @@ def _build(jac, spike_grad, KS, stamp, gather):  # noqa: ANN001, ANN202, C901, N
         from the states as it goes (never stored): A_s = J_s A_{s-1} and Σ_s g_s rᵀ A_s (gA [KS, B, n], A_last
         [KS, KS, B, n], if a trace is held), the threshold trace ε_b ← J ε_b + c with Σ g (rᵀε_b − 1) into gb,
         and from the chunk's end G_s = g_s rᵀ + G_{s+1} J_{s+1} (G [B, K, n] gets G_s q) and, if `need_F`,
-        M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n])."""
+        M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n]). hd: the recurrent diagonal (zeros without).
+        Per-sample state in local buffers (no aliasing with the arguments: the loops over units vectorise)."""
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
         r = spike_grad(p)
-        recurrent = hd.shape[0] != 0
-        A = np.empty((KS, KS, n), S.dtype)
-        M = np.empty((KS, KS, n), S.dtype)
-        Gv = np.empty((KS, n), S.dtype)
-        tmp = np.empty((KS, KS, n), S.dtype)
+        A = np.empty((2 * KS, KS, n), S.dtype)  # rows KS.. are scratch
+        M = np.empty((2 * KS, KS, n), S.dtype)
+        Gv = np.empty((2 * KS, n), S.dtype)
+        eb = np.empty((2 * KS, n), S.dtype)
+        gAl = np.empty((KS, n), S.dtype)
         acc = np.empty(n, S.dtype)
         for i in range(Bn):
-            eb = eps_b[:, i]
             acc[:] = zero
-            for k in range(K):
-                src = S[:, i, k - 1] if k else h_in[:, i]
-                yp = Y[i, k - 1] if k else y_in[i]
-                pp = psi[i, k - 1] if k else psi_in[i]
+            for c1 in range(KS):
                 for j in range(n):
-                    Jt, ct = jac(gather(src, j), yp[j], pp[j], b[j], hd[j] if recurrent else zero, p, exact)
-                    gk = g[i, k, j]
-                    for c1 in range(KS):
-                        t = Jt[c1][0] * eb[0, j]
-                        for c2 in range(1, KS):
-                            t += Jt[c1][c2] * eb[c2, j]
-                        tmp[0, c1, j] = t + ct[c1]
-                    s = r[0] * tmp[0, 0, j]
-                    for c1 in range(KS):
-                        eb[c1, j] = tmp[0, c1, j]
-                        if c1:
-                            s += r[c1] * tmp[0, c1, j]
-                    acc[j] += gk * (s - one)
-                    if need_A:
-                        for c1 in range(KS):
-                            for c2 in range(KS):
-                                if k:
-                                    t = Jt[c1][0] * A[0, c2, j]
-                                    for m in range(1, KS):
-                                        t += Jt[c1][m] * A[m, c2, j]
-                                else:
-                                    t = Jt[c1][c2]
-                                tmp[c1, c2, j] = t
-                        for c2 in range(KS):
-                            s = r[0] * tmp[0, c2, j]
-                            for c1 in range(1, KS):
-                                s += r[c1] * tmp[c1, c2, j]
-                            if k:
-                                gA[c2, i, j] += gk * s
-                            else:
-                                gA[c2, i, j] = gk * s
-                            for c1 in range(KS):
-                                A[c1, c2, j] = tmp[c1, c2, j]
+                    eb[c1, j] = eps_b[c1, i, j]
+            for j in range(n):
+                Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], hd[j], p, exact)
+                acc[j] += forward_unit(Jt, ct, g[i, 0, j], eb, A, gAl, r, one, True, need_A, j)
+            for k in range(1, K):
+                for j in range(n):
+                    Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], hd[j], p, exact)
+                    acc[j] += forward_unit(Jt, ct, g[i, k, j], eb, A, gAl, r, one, False, need_A, j)
             gb += acc
+            for c1 in range(KS):
+                for j in range(n):
+                    eps_b[c1, i, j] = eb[c1, j]
             if need_A:
-                A_last[:, :, i] = A
+                for c1 in range(KS):
+                    for j in range(n):
+                        gA[c1, i, j] = gAl[c1, j]
+                    for c2 in range(KS):
+                        for j in range(n):
+                            A_last[c1, c2, i, j] = A[c1, c2, j]
             for j in range(n):
                 for c1 in range(KS):
                     Gv[c1, j] = g[i, K - 1, j] * r[c1]
@@ -327,16 +342,15 @@ def _build(jac, spike_grad, KS, stamp, gather):  # noqa: ANN001, ANN202, C901, N
                     for c1 in range(KS):
                         F[c1, i, K - 1, j] = M[c1, 0, j]
             for k in range(K - 2, -1, -1):
-                hk = S[:, i, k]
                 for j in range(n):
-                    Jt, _ = jac(gather(hk, j), Y[i, k, j], psi[i, k, j], b[j], hd[j] if recurrent else zero, p, exact)
+                    Jt, _ = jac(gather4(S, i, k, j), Y[i, k, j], psi[i, k, j], b[j], hd[j], p, exact)
                     for c2 in range(KS):
                         t = g[i, k, j] * r[c2]
                         for c1 in range(KS):
                             t += Gv[c1, j] * Jt[c1][c2]
-                        tmp[0, c2, j] = t
+                        Gv[KS + c2, j] = t
                     for c2 in range(KS):
-                        Gv[c2, j] = tmp[0, c2, j]
+                        Gv[c2, j] = Gv[KS + c2, j]
                     G[i, k, j] = Gv[0, j]
                     if need_F:
                         for c1 in range(KS):
@@ -344,10 +358,10 @@ def _build(jac, spike_grad, KS, stamp, gather):  # noqa: ANN001, ANN202, C901, N
                                 t = M[c1, 0, j] * Jt[0][c2]
                                 for m in range(1, KS):
                                     t += M[c1, m, j] * Jt[m][c2]
-                                tmp[c1, c2, j] = t
+                                M[KS + c1, c2, j] = t
                         for c1 in range(KS):
                             for c2 in range(KS):
-                                M[c1, c2, j] = tmp[c1, c2, j]
+                                M[c1, c2, j] = M[KS + c1, c2, j]
                             F[c1, i, k, j] = M[c1, 0, j]
 
     return {"backward": backward, "jacobian": jacobian, "traces": traces}
