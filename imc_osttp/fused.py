@@ -84,8 +84,10 @@ class _LayerChunk(torch.autograd.Function):
         else:
             forward.recurrent(_np(cur), _np(h0), _np(y0), _np(b), _np(H), p, q, zero, one, blas.EVENT_DENSITY,
                               S.numpy(), Y.numpy(), psi.numpy())
+        if dyn.surrogate.vector is not None:
+            dyn.surrogate.vector(psi)
         if dyn.surrogate.post is not None:
-            dyn.surrogate.post(psi)
+            kernels().map_kernel(dyn.surrogate.post)(psi.numpy(), q)
         ctx.mark_non_differentiable(psi)
         ctx.set_materialize_grads(False)  # no [B, K, n] zeros for the outputs nobody differentiates
         ctx.save_for_backward(S, Y, psi, h0, y0, b, H)

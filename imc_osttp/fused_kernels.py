@@ -128,6 +128,13 @@ def forward_kernels(neuron: Neuron, pre: Callable) -> SimpleNamespace:
 
 
 @functools.cache
+def map_kernel(fn: Callable) -> Callable:
+    """P ← fn(P, q) over every entry of P, in place: an elementwise function as one pass."""
+    _registered()
+    return _map(fn, _stamp())
+
+
+@functools.cache
 def neuron_kernels(neuron: Neuron) -> SimpleNamespace:
     """The other kernels of one neuron model: backward (BPTT), jacobian and traces (the exact traces' chunk)."""
     _registered()
@@ -138,6 +145,17 @@ def neuron_kernels(neuron: Neuron) -> SimpleNamespace:
 # The kernels are closures over the neuron's functions and its state size KS (a compile-time constant,
 # so the loops over state variables unroll); each reads `stamp`, so that it is part of the closure,
 # which numba's cache key hashes.
+
+def _map(fn, stamp):  # noqa: ANN001, ANN202
+    @nb.njit(cache=True, nogil=True)
+    def apply(P, q):  # noqa: ANN001, ANN202
+        stamp  # noqa: B018
+        flat = P.reshape(-1)
+        for j in range(flat.size):
+            flat[j] = fn(flat[j], q)
+
+    return apply
+
 
 def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N803
     @nb.njit(cache=True, nogil=True)
@@ -261,12 +279,15 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                     store(Jt, ct, J, C, i, k, j)
 
     @register_jitable
-    def forward_unit(Jt, ct, gk, eb, A, gAl, r, one, first, need_A, j):  # noqa: ANN001, ANN202
-        """One unit of one step of `traces`' forward pass: ε_b ← J ε_b + c, A ← J A, Σ g rᵀA; returns g (rᵀε_b − 1)."""
+    def forward_unit(Jt, ct, gk, eb, A, gAl, Jb, r, one, k, need_A, j):  # noqa: ANN001, ANN202
+        """One unit of one step of `traces`' forward pass: keeps J in Jb for the backward pass, ε_b ← J ε_b + c,
+        A ← J A, Σ g rᵀA; returns g (rᵀε_b − 1)."""
         for c1 in range(KS):
             t = Jt[c1][0] * eb[0, j]
-            for c2 in range(1, KS):
-                t += Jt[c1][c2] * eb[c2, j]
+            for c2 in range(KS):
+                Jb[k, c1, c2, j] = Jt[c1][c2]
+                if c2:
+                    t += Jt[c1][c2] * eb[c2, j]
             eb[KS + c1, j] = t + ct[c1]
         for c1 in range(KS):
             eb[c1, j] = eb[KS + c1, j]
@@ -276,7 +297,7 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
         if need_A:
             for c2 in range(KS):
                 for c1 in range(KS):
-                    if first:
+                    if k == 0:
                         t = Jt[c1][c2]
                     else:
                         t = Jt[c1][0] * A[0, c2, j]
@@ -288,7 +309,7 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                 u = r[0] * A[0, c2, j]
                 for c1 in range(1, KS):
                     u += r[c1] * A[c1, c2, j]
-                gAl[c2, j] = gk * u if first else gAl[c2, j] + gk * u
+                gAl[c2, j] = gk * u if k == 0 else gAl[c2, j] + gk * u
         return gk * (s - one)
 
     @nb.njit(cache=True, nogil=True)
@@ -299,7 +320,8 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
         [KS, KS, B, n], if a trace is held), the threshold trace ε_b ← J ε_b + c with Σ g (rᵀε_b − 1) into gb,
         and from the chunk's end G_s = g_s rᵀ + G_{s+1} J_{s+1} (G [B, K, n] gets G_s q) and, if `need_F`,
         M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n]). hd: the recurrent diagonal (zeros without).
-        Per-sample state in local buffers (no aliasing with the arguments: the loops over units vectorise)."""
+        Per-sample state in local buffers (no aliasing with the arguments: the loops over units vectorise);
+        a sample's J_s in one of them (K·KS²·n numbers: 77 kB for JSB's SNU layer, in cache)."""
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
         r = spike_grad(p)
@@ -309,6 +331,7 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
         eb = np.empty((2 * KS, n), S.dtype)
         gAl = np.empty((KS, n), S.dtype)
         acc = np.empty(n, S.dtype)
+        Jb = np.empty((K, KS, KS, n), S.dtype)  # a sample's Jacobians, from the forward pass to the backward one
         for i in range(Bn):
             acc[:] = zero
             for c1 in range(KS):
@@ -316,11 +339,11 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                     eb[c1, j] = eps_b[c1, i, j]
             for j in range(n):
                 Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], hd[j], p, exact)
-                acc[j] += forward_unit(Jt, ct, g[i, 0, j], eb, A, gAl, r, one, True, need_A, j)
+                acc[j] += forward_unit(Jt, ct, g[i, 0, j], eb, A, gAl, Jb, r, one, 0, need_A, j)
             for k in range(1, K):
                 for j in range(n):
                     Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], hd[j], p, exact)
-                    acc[j] += forward_unit(Jt, ct, g[i, k, j], eb, A, gAl, r, one, False, need_A, j)
+                    acc[j] += forward_unit(Jt, ct, g[i, k, j], eb, A, gAl, Jb, r, one, k, need_A, j)
             gb += acc
             for c1 in range(KS):
                 for j in range(n):
@@ -342,12 +365,12 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                     for c1 in range(KS):
                         F[c1, i, K - 1, j] = M[c1, 0, j]
             for k in range(K - 2, -1, -1):
+                Jk = Jb[k + 1]
                 for j in range(n):
-                    Jt, _ = jac(gather4(S, i, k, j), Y[i, k, j], psi[i, k, j], b[j], hd[j], p, exact)
                     for c2 in range(KS):
                         t = g[i, k, j] * r[c2]
                         for c1 in range(KS):
-                            t += Gv[c1, j] * Jt[c1][c2]
+                            t += Gv[c1, j] * Jk[c1, c2, j]
                         Gv[KS + c2, j] = t
                     for c2 in range(KS):
                         Gv[c2, j] = Gv[KS + c2, j]
@@ -355,9 +378,9 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                     if need_F:
                         for c1 in range(KS):
                             for c2 in range(KS):
-                                t = M[c1, 0, j] * Jt[0][c2]
+                                t = M[c1, 0, j] * Jk[0, c2, j]
                                 for m in range(1, KS):
-                                    t += M[c1, m, j] * Jt[m][c2]
+                                    t += M[c1, m, j] * Jk[m, c2, j]
                                 M[KS + c1, c2, j] = t
                         for c1 in range(KS):
                             for c2 in range(KS):

@@ -1,9 +1,10 @@
 """Surrogate derivatives ψ(v) of the spike Θ(v) (SPEC §1), for both engines, and the spike for autograd.
 
-Each is an elementwise part (`pre`: arithmetic that the fused forward kernel computes inline and torch
-computes on tensors) and an optional vectorised torch part (`post`, in place) that finishes it: numba's
-scalar tanh costs ~20 ns, torch's vectorised sigmoid < 1 ns, so tanh's ψ = 1 − tanh²(v) is computed as
-sech²(v) = 4σ(−2|v|)(1 − σ(−2|v|)) from −2|v|. Both engines compute ψ as post(pre(v)).
+A surrogate is ψ(v) = post(vector(pre(v))): `pre` and `post` are elementwise arithmetic (the fused engine
+computes `pre` inside its forward kernel and `post` in a kernel of its own; torch computes both on
+tensors), `vector` an optional vectorised torch function, in place, between them. numba's scalar tanh
+costs ~20 ns, torch's vectorised sigmoid < 1 ns, so tanh's ψ = 1 − tanh²(v) is computed as
+sech²(v) = 4σ(−2|v|)(1 − σ(−2|v|)) from −2|v|.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ class SurrogateParams(NamedTuple):
 
 @elementwise
 def tanh_pre(v, q):  # noqa: ANN001, ANN201
-    """−2|v|, which `tanh_post` turns into 1 − tanh²(v)."""
+    """−2|v|; its sigmoid σ is what `tanh_post` turns into 1 − tanh²(v)."""
     return -q.scale * abs(v)
 
 
-def tanh_post(P: Tensor) -> Tensor:
-    """P ← 4σ(P)(1 − σ(P)) in place: with P = −2|v| that is sech²(v) = 1 − tanh²(v)."""
-    torch.sigmoid_(P)
-    rest = 1.0 - P
-    return P.mul_(4.0).mul_(rest)
+@elementwise
+def tanh_post(s, q):  # noqa: ANN001, ANN201
+    """4σ(1 − σ): with σ = σ(−2|v|) that is sech²(v) = 1 − tanh²(v)."""
+    return (q.scale + q.scale) * s * (q.one - s)
 
 
 @elementwise
@@ -48,19 +48,23 @@ class Surrogate:
     name: str
     pre: Callable
     scale: float
-    post: Callable[[Tensor], Tensor] | None = None
+    vector: Callable[[Tensor], Tensor] | None = None  # in place
+    post: Callable | None = None
 
     def params(self) -> SurrogateParams:
         return SurrogateParams(self.scale)
 
     def __call__(self, v: Tensor) -> Tensor:
         """ψ(v) on tensors (a new tensor)."""
-        P = self.pre(v, self.params())
-        return P if self.post is None else self.post(P)
+        q = self.params()
+        P = self.pre(v, q)
+        if self.vector is not None:
+            self.vector(P)
+        return P if self.post is None else self.post(P, q)
 
 
 SURROGATES: dict[str, Surrogate] = {
-    "tanh": Surrogate("tanh", tanh_pre, 2.0, tanh_post),  # the JSB setting
+    "tanh": Surrogate("tanh", tanh_pre, 2.0, torch.sigmoid_, tanh_post),  # the JSB setting
     "fast_sigmoid": Surrogate("fast_sigmoid", fast_sigmoid_pre, 100.0),  # the SHD setting
 }
 

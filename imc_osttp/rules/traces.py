@@ -119,38 +119,51 @@ class ExactTraces:
 
 
 class FactorisedTraces:
-    """Filtered inputs x̄^t = d x̄^{t-1} + x^t (one-state neurons); with `decay=0` this is DRTP's trace-free form."""
+    """Filtered inputs x̄^t = d x̄^{t-1} + x^t (one-state neurons); with `decay=0` this is DRTP's trace-free form.
 
-    def __init__(self, net: SNUNet, layer: LayerSpec, n_in: int, batch: int, like: Tensor, acc: Accumulator,
+    The update Σ_t x̄^tᵀ g^t goes to an analog backend as it is: each step's rank-1 term, the crossbar's
+    update. Elsewhere it is summed in closed form over the chunk, Σ_s x_sᵀ G_s + x̄_inᵀ (d G_0) with
+    G_s = g_s + d G_{s+1} (x̄_in the filtered input before the chunk): the same sum in another order, whose
+    product has the sparse spikes x as its left factor (event-driven, imc_osttp/blas.py) instead of the
+    dense x̄, and x̄ itself is needed only where the chunk ends."""
+
+    def __init__(self, net: SNUNet, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator,
                  decay: float) -> None:
         self.net, self.acc, self.layer, self.decay = net, acc, layer, decay
-        self.x_bar = like.new_zeros(batch, n_in)
-        self.y_bar = like.new_zeros(batch, layer.n)
+        self.crossbar = net.backend.kind == "analog"  # its rank-1 terms become pulses as they come
+        self.bars: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
         self.eps_b = like.new_zeros(batch, layer.n)
 
-    def filtered(self, last: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.decay:
-            return seq, last
-        out = self.net.engine.scan(last, self.decay, seq)
-        return out, out[:, -1]
-
     def advance(self, chunk: LayerChunk, before: LayerState, g: Tensor, carry: bool = True) -> None:
-        G = g.flatten(0, 1)
-        W, H, b = self.layer.W, self.layer.H, self.layer.b
-        if W in self.acc:
-            x_bar, self.x_bar = self.filtered(self.x_bar, chunk.x)
-            self.acc.add_outer(W, x_bar.flatten(0, 1), G)
-        if H in self.acc:
-            y_bar, self.y_bar = self.filtered(self.y_bar, shift_in(before.y, chunk.y))
-            self.acc.add_outer(H, y_bar.flatten(0, 1), G)
-        if b in self.acc:
+        layer, acc, engine, d = self.layer, self.acc, self.net.engine, self.decay
+        inputs = {layer.W: chunk.x}
+        if layer.recurrent:
+            inputs[layer.H] = shift_in(before.y, chunk.y)
+        later = None if self.crossbar or not d else engine.scan(torch.zeros_like(g[:, 0]), d, g, reverse=True)
+        for name, last in self.bars.items():
+            u = inputs[name]
+            if not d:  # DRTP
+                acc.add_outer(name, u.flatten(0, 1), g.flatten(0, 1))
+                continue
+            start = u.new_zeros(u.shape[0], u.shape[2]) if last is None else last
+            if self.crossbar:
+                bar = engine.scan(start, d, u)
+                acc.add_outer(name, bar.flatten(0, 1), g.flatten(0, 1))
+                self.bars[name] = bar[:, -1]
+                continue
+            acc.add_outer(name, u.flatten(0, 1), later.flatten(0, 1), crossbar=False)
+            if last is not None:
+                acc.add_outer(name, last, d * later[:, 0], crossbar=False)
+            if carry:
+                self.bars[name] = engine.scan(start, d, u)[:, -1]
+        if layer.b in acc:
             gb = -g.sum((0, 1))  # DRTP: no trace, e_b = -psi
-            if self.decay:
-                J, c = self.net.jacobian(self.layer, chunk, before, exact=False)
-                eps_b = self.net.engine.scan(self.eps_b, J[0, 0], c[0])
+            if d:
+                J, c = self.net.jacobian(layer, chunk, before, exact=False)
+                eps_b = engine.scan(self.eps_b, J[0, 0], c[0])
                 self.eps_b = eps_b[:, -1]
                 gb = (g * eps_b).sum((0, 1)) + gb
-            self.acc.add(b, gb)
+            acc.add(layer.b, gb)
 
 
 Traces = ExactTraces | FactorisedTraces
@@ -162,5 +175,4 @@ def make_traces(kind: str, net: SNUNet, layer: LayerSpec, batch: int, like: Tens
     k = net.dynamics[layer.index - 1].neuron.k
     if kind == "exact" or (kind == "factorised" and k > 1):
         return ExactTraces(net, layer, batch, like, acc, exact=kind == "exact")
-    decay = layer.decay if kind == "factorised" else 0.0
-    return FactorisedTraces(net, layer, net.fan_in(layer), batch, like, acc, decay)
+    return FactorisedTraces(net, layer, batch, like, acc, layer.decay if kind == "factorised" else 0.0)
