@@ -46,7 +46,7 @@ class EagerEngine:
         neuron, p, _ = dyn
         h = tuple(shift_in(before.h, chunk.h).unbind(0))
         J, c = neuron.jacobian(h, shift_in(before.y, chunk.y), shift_in(before.psi, chunk.psi), b.detach(),
-                               0.0 if hd is None else hd.detach(), p, exact)
+                               None if hd is None else hd.detach(), p, exact)
         like = chunk.y
 
         def full(entry: Tensor | float) -> Tensor:

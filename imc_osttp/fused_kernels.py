@@ -204,11 +204,17 @@ def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N
 
 
 def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN202, C901, N803
+    @register_jitable
+    def self_weight(hd, j):  # noqa: ANN001, ANN202
+        """Unit j's recurrent self-weight, or None without recurrence (hd None: compiled apart, the neuron's
+        terms of it pruned)."""
+        return None if hd is None else hd[j]
+
     @register_jitable  # inlined where a kernel calls it (a dispatcher in the closure would defeat the cache)
     def back_unit(gS, gy, rec, S, Y, psi, b, p, zero, r, a, tmp, i, k, j):  # noqa: ANN001, ANN202
         """One unit of one step of `backward`: a ← dE/dh_k from a = dE/dh_{k+1}; returns its share of dE/db."""
         ep = (gy + rec) * psi[i, k, j]  # dE/dy_k (loss and recurrence) times dy/darg
-        J, c = jac(gather4(S, i, k, j), Y[i, k, j], psi[i, k, j], b[j], zero, p, True)
+        J, c = jac(gather4(S, i, k, j), Y[i, k, j], psi[i, k, j], b[j], None, p, True)
         db = -ep
         for c2 in range(KS):
             t = (gS[c2, i, k, j] if gS.size else zero) + ep * r[c2]
@@ -250,7 +256,7 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                         gcur[i, k, j] = an[0, i, j]
         for i in range(Bn):
             for j in range(n):
-                _, c = jac(gather3(h0, i, j), y0[i, j], zero, b[j], zero, p, True)
+                _, c = jac(gather3(h0, i, j), y0[i, j], zero, b[j], None, p, True)
                 for c1 in range(KS):
                     gbl[j] += an[c1, i, j] * c[c1]
         gb += gbl
@@ -265,17 +271,18 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
     @nb.njit(cache=True, nogil=True)
     def jacobian(S, Y, psi, h_in, y_in, psi_in, b, hd, p, exact, J, C):  # noqa: ANN001, ANN202
         """The neuron's (J, c) at every step of a chunk, each step reading the one before (the state before
-        the chunk for the first): J [KS, KS, B, K, n], C [KS, B, K, n]; hd the recurrent diagonal (zeros
+        the chunk for the first): J [KS, KS, B, K, n], C [KS, B, K, n]; hd the recurrent diagonal (None
         without)."""
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
         for i in range(Bn):
             for j in range(n):
-                Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], hd[j], p, exact)
+                Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], self_weight(hd, j), p, exact)
                 store(Jt, ct, J, C, i, 0, j)
             for k in range(1, K):
                 for j in range(n):
-                    Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], hd[j], p, exact)
+                    Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], self_weight(hd, j),
+                                 p, exact)
                     store(Jt, ct, J, C, i, k, j)
 
     @register_jitable
@@ -319,7 +326,7 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
         from the states as it goes (never stored): A_s = J_s A_{s-1} and Σ_s g_s rᵀ A_s (gA [KS, B, n], A_last
         [KS, KS, B, n], if a trace is held), the threshold trace ε_b ← J ε_b + c with Σ g (rᵀε_b − 1) into gb,
         and from the chunk's end G_s = g_s rᵀ + G_{s+1} J_{s+1} (G [B, K, n] gets G_s q) and, if `need_F`,
-        M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n]). hd: the recurrent diagonal (zeros without).
+        M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n]). hd: the recurrent diagonal (None without).
         Per-sample state in local buffers (no aliasing with the arguments: the loops over units vectorise);
         a sample's J_s in one of them (K·KS²·n numbers: 77 kB for JSB's SNU layer, in cache)."""
         stamp  # noqa: B018
@@ -338,11 +345,12 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                 for j in range(n):
                     eb[c1, j] = eps_b[c1, i, j]
             for j in range(n):
-                Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], hd[j], p, exact)
+                Jt, ct = jac(gather3(h_in, i, j), y_in[i, j], psi_in[i, j], b[j], self_weight(hd, j), p, exact)
                 acc[j] += forward_unit(Jt, ct, g[i, 0, j], eb, A, gAl, Jb, r, one, 0, need_A, j)
             for k in range(1, K):
                 for j in range(n):
-                    Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], hd[j], p, exact)
+                    Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], self_weight(hd, j),
+                                 p, exact)
                     acc[j] += forward_unit(Jt, ct, g[i, k, j], eb, A, gAl, Jb, r, one, k, need_A, j)
             gb += acc
             for c1 in range(KS):

@@ -50,12 +50,14 @@ def jacobian(h, y, psi, b, hd, p, exact):  # noqa: ANN001, ANN201
         return ((p.decay, zero), (psi, p.rho - p.beta * psi)), ((zero if p.full else -y), -psi)
     if p.full:
         A = p.decay * (p.one - y)
-        u = hd - p.decay * h[0]
+        u = -(p.decay * h[0])
         explicit = zero
     else:
         A = p.decay
-        u = hd - b
+        u = -b
         explicit = -y
+    if hd is not None:
+        u = u + hd
     up = u * psi
     return ((A + up, -(p.beta * up)), (psi, p.rho - p.beta * psi)), (explicit - up, -psi)
 

@@ -8,8 +8,9 @@ A neuron is a few functions of plain arithmetic over one unit, its state and its
   y^t = Θ(arg), ψ^t = ψ(arg) (SPEC §1).
 - `jacobian(h, y, psi, b, hd, p, exact) -> (J, c)`: from the state at t-1 (and its ψ), the per-unit
   Jacobian J[i][j] = dh'_i/dh_j of the step at t, through the spike y^{t-1} as well, and c_i = dh'_i/db
-  (the threshold's path, SPEC §2). `hd` is the unit's recurrent self-weight H_jj (zero where there is
-  none): the recurrence's diagonal is the one part of y^{t-1} H the per-unit Jacobian can keep.
+  (the threshold's path, SPEC §2). `hd` is the unit's recurrent self-weight H_jj, or None without
+  one: the recurrence's diagonal is the one part of y^{t-1} H the per-unit Jacobian can keep (numba
+  compiles the None case apart, without its terms).
   `exact=False` gives e-prop's approximation, the factorised traces (Bellec et al. 2020): the spike's
   path into the membrane (reset, recurrence) is dropped, so the membrane's own Jacobian is its leak
   `p.decay` and its trace of W is the filtered input.

@@ -52,7 +52,10 @@ def jacobian(h, y, psi, b, hd, p, exact):  # noqa: ANN001, ANN201
     else:
         D = p.decay - b * psi
         c = b * psi - y
-    return ((D + hd * psi,),), (c - hd * psi,)
+    if hd is not None:
+        D = D + hd * psi
+        c = c - hd * psi
+    return ((D,),), (c,)
 
 
 @elementwise
