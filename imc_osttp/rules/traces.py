@@ -121,44 +121,30 @@ class ExactTraces:
 class FactorisedTraces:
     """Filtered inputs x̄^t = d x̄^{t-1} + x^t (one-state neurons); with `decay=0` this is DRTP's trace-free form.
 
-    The update Σ_t x̄^tᵀ g^t goes to an analog backend as it is: each step's rank-1 term, the crossbar's
-    update. Elsewhere it is summed in closed form over the chunk, Σ_s x_sᵀ G_s + x̄_inᵀ (d G_0) with
-    G_s = g_s + d G_{s+1} (x̄_in the filtered input before the chunk): the same sum in another order, whose
-    product has the sparse spikes x as its left factor (event-driven, imc_osttp/blas.py) instead of the
-    dense x̄, and x̄ itself is needed only where the chunk ends."""
+    The update Σ_t x̄^tᵀ g^t is handed over as each step's rank-1 term: the crossbar's own update, which an
+    analog backend applies as pulses."""
 
     def __init__(self, net: SNUNet, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator,
                  decay: float) -> None:
         self.net, self.acc, self.layer, self.decay = net, acc, layer, decay
-        self.crossbar = net.backend.kind == "analog"  # its rank-1 terms become pulses as they come
-        self.bars: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
+        self.bars = {name: like.new_zeros(batch, net.fan_in(layer) if name == layer.W else layer.n)
+                     for name in (layer.W, layer.H) if name in acc}
         self.eps_b = like.new_zeros(batch, layer.n)
 
     def advance(self, chunk: LayerChunk, before: LayerState, g: Tensor, carry: bool = True) -> None:
-        layer, acc, engine, d = self.layer, self.acc, self.net.engine, self.decay
+        layer, acc, engine = self.layer, self.acc, self.net.engine
         inputs = {layer.W: chunk.x}
         if layer.recurrent:
             inputs[layer.H] = shift_in(before.y, chunk.y)
-        later = None if self.crossbar or not d else engine.scan(torch.zeros_like(g[:, 0]), d, g, reverse=True)
+        G = g.flatten(0, 1)
         for name, last in self.bars.items():
-            u = inputs[name]
-            if not d:  # DRTP
-                acc.add_outer(name, u.flatten(0, 1), g.flatten(0, 1))
-                continue
-            start = u.new_zeros(u.shape[0], u.shape[2]) if last is None else last
-            if self.crossbar:
-                bar = engine.scan(start, d, u)
-                acc.add_outer(name, bar.flatten(0, 1), g.flatten(0, 1))
+            bar = engine.scan(last, self.decay, inputs[name]) if self.decay else inputs[name]
+            acc.add_outer(name, bar.flatten(0, 1), G)
+            if self.decay:
                 self.bars[name] = bar[:, -1]
-                continue
-            acc.add_outer(name, u.flatten(0, 1), later.flatten(0, 1), crossbar=False)
-            if last is not None:
-                acc.add_outer(name, last, d * later[:, 0], crossbar=False)
-            if carry:
-                self.bars[name] = engine.scan(start, d, u)[:, -1]
         if layer.b in acc:
             gb = -g.sum((0, 1))  # DRTP: no trace, e_b = -psi
-            if d:
+            if self.decay:
                 J, c = self.net.jacobian(layer, chunk, before, exact=False)
                 eps_b = engine.scan(self.eps_b, J[0, 0], c[0])
                 self.eps_b = eps_b[:, -1]
