@@ -68,7 +68,7 @@ def _of(dyn: Dynamics) -> SimpleNamespace:
 
 class _LayerChunk(torch.autograd.Function):
     """A layer over a chunk, forward and backward as kernels; the forward kernel also leaves the
-    surrogate's elementwise part, which `post` finishes in torch (the online rules read ψ too)."""
+    surrogate's elementwise part, which its vector and post parts finish (the online rules read ψ too)."""
 
     @staticmethod
     def forward(ctx, cur: Tensor, b: Tensor, H: Tensor | None, h0: Tensor, y0: Tensor,  # type: ignore[override]

@@ -56,8 +56,8 @@ class ExactTraces:
     def __init__(self, net: SNUNet, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator,
                  exact: bool = True) -> None:
         self.net, self.layer, self.acc, self.exact = net, layer, acc, exact
-        self.k = net.dynamics[layer.index - 1].neuron.k
-        self.r = net.dynamics[layer.index - 1].neuron.spike_grad(net.dynamics[layer.index - 1].params)
+        neuron, params, _ = net.dynamics[layer.index - 1]
+        self.k, self.r = neuron.k, neuron.spike_grad(params)  # state variables per unit, d arg/dh
         self.eps: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
         self.eps_b = like.new_zeros(self.k, batch, layer.n)
 
