@@ -58,7 +58,7 @@ class EagerEngine:
                exact: bool, g: Tensor, eps_b: Tensor, carry: bool, held: bool) -> TraceChunk:
         """The fused `traces` kernel's recursions (imc_osttp/fused_kernels.py) over whole [B, n] slices."""
         Jt, ct = self.jacobian(dyn, chunk, before, b, hd, exact)
-        r = dyn.neuron.spike_grad(dyn.params)
+        r, q = dyn.neuron.spike_grad(dyn.params), dyn.neuron.current_grad(dyn.params)
         k, K = Jt.shape[0], g.shape[1]
         J = [[[Jt[a, c, :, s] for c in range(k)] for a in range(k)] for s in range(K)]
         e, seq = list(eps_b.unbind(0)), []
@@ -78,17 +78,20 @@ class EagerEngine:
             A_last = torch.stack([torch.stack(row) for row in A])
             gA = torch.stack([(g * torch.stack([ga[c] for ga in gAs], 1)).sum(1) for c in range(k)])
         # from the chunk's end: G_s = g_s rᵀ + G_{s+1} J_{s+1}, M_s = M_{s+1} J_{s+1}, F_s = M_s q
+        def along_q(v: list[Tensor]) -> Tensor:
+            return sum((v[c] * q[c] for c in range(1, k)), v[0] * q[0])
+
         Gv = [g[:, K - 1] * r[c] for c in range(k)]
         ones, zeros = torch.ones_like(g[:, 0]), torch.zeros_like(g[:, 0])
         M = [[ones if a == c else zeros for c in range(k)] for a in range(k)]
-        G, F = [Gv[0]], [[M[a][0] for a in range(k)]]
+        G, F = [along_q(Gv)], [[along_q(M[a]) for a in range(k)]]
         for s in range(K - 2, -1, -1):
             later = J[s + 1]
             Gv = [sum((Gv[a] * later[a][c] for a in range(k)), g[:, s] * r[c]) for c in range(k)]
-            G.append(Gv[0])
+            G.append(along_q(Gv))
             if carry:
                 M = _matmul(M, later)
-                F.append([M[a][0] for a in range(k)])
+                F.append([along_q(M[a]) for a in range(k)])
         G_ = torch.stack(G[::-1], 1)
         F_ = torch.stack([torch.stack([f[a] for f in F[::-1]], 1) for a in range(k)]) if carry else None
         return TraceChunk(G_, F_, A_last, gA, gb)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -94,9 +95,13 @@ def nonzeros(x):  # noqa: ANN001, ANN202
 
 
 @functools.cache
-def _stamp() -> str:
-    """A digest of every neuron definition: kernels built from a changed one miss numba's cache."""
+def _stamp(fn: Callable) -> str:
+    """A digest of every neuron definition and of the file that defines `fn` (a neuron may live outside the
+    package): kernels built from a changed one miss numba's cache, which keys them by their own source."""
     sources = sorted(Path(__file__).with_name("neurons").glob("*.py"))
+    own = inspect.getsourcefile(fn)
+    if own is not None and Path(own) not in sources:
+        sources.append(Path(own))
     return hashlib.sha1(b"".join(path.read_bytes() for path in sources)).hexdigest()
 
 
@@ -124,21 +129,23 @@ def forward_kernels(neuron: Neuron, pre: Callable) -> SimpleNamespace:
     step(cur, h, y), y = Θ(arg), P = pre(arg). `recurrent` adds y^{t-1} H (one GEMM over the batch per
     step) to cur first."""
     _registered()
-    return _forward(neuron.step, pre, neuron.k, _stamp(), _gather(neuron.k, 2), _gather(neuron.k, 3))
+    return _forward(neuron.step, pre, neuron.k, _stamp(neuron.step), _gather(neuron.k, 2), _gather(neuron.k, 3))
 
 
 @functools.cache
 def map_kernel(fn: Callable) -> Callable:
     """P ← fn(P, q) over every entry of P, in place: an elementwise function as one pass."""
     _registered()
-    return _map(fn, _stamp())
+    return _map(fn, _stamp(fn))
 
 
 @functools.cache
 def neuron_kernels(neuron: Neuron) -> SimpleNamespace:
     """The other kernels of one neuron model: backward (BPTT), jacobian and traces (the exact traces' chunk)."""
     _registered()
-    return SimpleNamespace(**_build(neuron.jacobian, neuron.spike_grad, neuron.k, _stamp(), _gather(neuron.k, 3),
+    return SimpleNamespace(**_build(neuron.jacobian, neuron.spike_grad, neuron.current_grad, neuron.k,
+                                    _stamp(neuron.jacobian),
+                                    _gather(neuron.k, 3),
                                     _gather(neuron.k, 4)))
 
 
@@ -203,12 +210,20 @@ def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N
     return SimpleNamespace(feedforward=feedforward, recurrent=recurrent)
 
 
-def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN202, C901, N803
+def _build(jac, spike_grad, current_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN202, C901, N803
     @register_jitable
     def self_weight(hd, j):  # noqa: ANN001, ANN202
         """Unit j's recurrent self-weight, or None without recurrence (hd None: compiled apart, the neuron's
         terms of it pruned)."""
         return None if hd is None else hd[j]
+
+    @register_jitable
+    def dot(a, q, i, j):  # noqa: ANN001, ANN202
+        """Σ_c a[c, i, j] q[c]: a unit's gradient along the input current."""
+        t = a[0, i, j] * q[0]
+        for c in range(1, KS):
+            t += a[c, i, j] * q[c]
+        return t
 
     @register_jitable  # inlined where a kernel calls it (a dispatcher in the closure would defeat the cache)
     def back_unit(gS, gy, rec, S, Y, psi, b, p, zero, r, a, tmp, i, k, j):  # noqa: ANN001, ANN202
@@ -231,13 +246,13 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
     def backward(gS, gY, S, Y, psi, h0, y0, b, H, p, zero, gcur, gb):  # noqa: ANN001, ANN202
         """BPTT through the forward with the surrogate as dy/darg, from the chunk's end; the state before the
         chunk is a constant. a_k = dE/dh_k obeys a_k = gS_k + e_k ψ_k r + a_{k+1} J_{k+1}, e_k = gY_k +
-        (a_{k+1} q) Hᵀ, with J the neuron's exact Jacobian without the recurrent diagonal (y H carries it) and r
-        its spike_grad; dE/dcur_k = a_k q = a_k[0], dE/db = Σ_k (−e_k ψ_k + a_{k+1} c_{k+1}) + a_0 c_0 (c_0
-        with ψ_{-1} = 0: only b's explicit part, the spike before the chunk being given). gS may be empty.
-        The recurrent weights' gradient Σ_k y_{k-1}ᵀ dE/dcur_k is one GEMM outside, on gcur."""
+        (a_{k+1} q) Hᵀ, with J the neuron's exact Jacobian without the recurrent diagonal (y H carries it), r
+        its spike_grad and q its current_grad; dE/dcur_k = a_k q, dE/db = Σ_k (−e_k ψ_k + a_{k+1} c_{k+1}) +
+        a_0 c_0 (c_0 with ψ_{-1} = 0: only b's explicit part, the spike before the chunk being given). gS may
+        be empty. The recurrent weights' gradient Σ_k y_{k-1}ᵀ dE/dcur_k is one GEMM outside, on gcur."""
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
-        r = spike_grad(p)
+        r, q = spike_grad(p), current_grad(p)
         an = np.zeros((KS, Bn, n), S.dtype)  # a_{k+1}
         tmp = np.empty((KS, n), S.dtype)
         gbl = np.zeros(n, S.dtype)  # dE/db in a buffer of its own (no aliasing: the loop over j vectorises)
@@ -246,14 +261,15 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                 for k in range(K - 1, -1, -1):
                     for j in range(n):
                         gbl[j] += back_unit(gS, gY[i, k, j], zero, S, Y, psi, b, p, zero, r, an, tmp, i, k, j)
-                        gcur[i, k, j] = an[0, i, j]
+                        gcur[i, k, j] = dot(an, q, i, j)
         else:
+            gq = np.zeros((Bn, n), S.dtype)  # dE/dcur_{k+1}
             for k in range(K - 1, -1, -1):
-                rec = an[0] @ H.T
+                rec = gq @ H.T
                 for i in range(Bn):
                     for j in range(n):
                         gbl[j] += back_unit(gS, gY[i, k, j], rec[i, j], S, Y, psi, b, p, zero, r, an, tmp, i, k, j)
-                        gcur[i, k, j] = an[0, i, j]
+                        gq[i, j] = gcur[i, k, j] = dot(an, q, i, j)
         for i in range(Bn):
             for j in range(n):
                 _, c = jac(gather3(h0, i, j), y0[i, j], zero, b[j], None, p, True)
@@ -284,6 +300,14 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                     Jt, ct = jac(gather4(S, i, k - 1, j), Y[i, k - 1, j], psi[i, k - 1, j], b[j], self_weight(hd, j),
                                  p, exact)
                     store(Jt, ct, J, C, i, k, j)
+
+    @register_jitable
+    def along(Gv, q, j):  # noqa: ANN001, ANN202
+        """Σ_c Gv[c, j] q[c]: G_s q, or a row of M_s times q."""
+        t = Gv[0, j] * q[0]
+        for c in range(1, KS):
+            t += Gv[c, j] * q[c]
+        return t
 
     @register_jitable
     def forward_unit(Jt, ct, gk, eb, A, gAl, Jb, r, one, k, need_A, j):  # noqa: ANN001, ANN202
@@ -325,13 +349,14 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
         """Every per-unit recursion of `rules.traces.ExactTraces` over one chunk, the Jacobian J_s computed
         from the states as it goes (never stored): A_s = J_s A_{s-1} and Σ_s g_s rᵀ A_s (gA [KS, B, n], A_last
         [KS, KS, B, n], if a trace is held), the threshold trace ε_b ← J ε_b + c with Σ g (rᵀε_b − 1) into gb,
-        and from the chunk's end G_s = g_s rᵀ + G_{s+1} J_{s+1} (G [B, K, n] gets G_s q) and, if `need_F`,
-        M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n]). hd: the recurrent diagonal (None without).
+        and from the chunk's end G_s = g_s rᵀ + G_{s+1} J_{s+1} (G [B, K, n] gets G_s q, q the neuron's
+        current_grad) and, if `need_F`, M_s = M_{s+1} J_{s+1} with F_s = M_s q (F [KS, B, K, n]). hd: the
+        recurrent diagonal (None without).
         Per-sample state in local buffers (no aliasing with the arguments: the loops over units vectorise);
         a sample's J_s in one of them (K·KS²·n numbers: 77 kB for JSB's SNU layer, in cache)."""
         stamp  # noqa: B018
         _, Bn, K, n = S.shape
-        r = spike_grad(p)
+        r, q = spike_grad(p), current_grad(p)
         A = np.empty((2 * KS, KS, n), S.dtype)  # rows KS.. are scratch
         M = np.empty((2 * KS, KS, n), S.dtype)
         Gv = np.empty((2 * KS, n), S.dtype)
@@ -368,10 +393,10 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                     Gv[c1, j] = g[i, K - 1, j] * r[c1]
                     for c2 in range(KS):
                         M[c1, c2, j] = one if c1 == c2 else zero
-                G[i, K - 1, j] = Gv[0, j]
+                G[i, K - 1, j] = along(Gv, q, j)
                 if need_F:
                     for c1 in range(KS):
-                        F[c1, i, K - 1, j] = M[c1, 0, j]
+                        F[c1, i, K - 1, j] = q[c1]
             for k in range(K - 2, -1, -1):
                 Jk = Jb[k + 1]
                 for j in range(n):
@@ -382,7 +407,7 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                         Gv[KS + c2, j] = t
                     for c2 in range(KS):
                         Gv[c2, j] = Gv[KS + c2, j]
-                    G[i, k, j] = Gv[0, j]
+                    G[i, k, j] = along(Gv, q, j)
                     if need_F:
                         for c1 in range(KS):
                             for c2 in range(KS):
@@ -393,6 +418,6 @@ def _build(jac, spike_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN20
                         for c1 in range(KS):
                             for c2 in range(KS):
                                 M[c1, c2, j] = M[KS + c1, c2, j]
-                            F[c1, i, k, j] = M[c1, 0, j]
+                            F[c1, i, k, j] = along(M[c1], q, j)
 
     return {"backward": backward, "jacobian": jacobian, "traces": traces}

@@ -67,4 +67,9 @@ def spike_grad(p):  # noqa: ANN001, ANN201
     return (p.one, -p.beta)
 
 
-ALIF = Neuron("alif", ("v", "a"), params, step, jacobian, spike_grad)
+@elementwise
+def current_grad(p):  # noqa: ANN001, ANN201
+    return (p.one, p.one - p.one)  # the current drives v, not a
+
+
+ALIF = Neuron("alif", ("v", "a"), params, step, jacobian, spike_grad, current_grad)

@@ -63,4 +63,4 @@ def spike_grad(p):  # noqa: ANN001, ANN201
     return (p.one,)
 
 
-SNU = Neuron("snu", ("s",), params, step, jacobian, spike_grad)
+SNU = Neuron("snu", ("s",), params, step, jacobian, spike_grad, spike_grad)  # d arg/ds = ds/dcur = 1

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 class ExactTraces:
     """Per-synapse traces, summed over a chunk in closed form instead of step by step.
 
-    With ε_s = J_s ε_{s-1} + q u_s (u = x for W, y^{t-1} for H; q = ∂h/∂current, the membrane's
-    unit vector) and ε_in the trace entering the chunk, the chunk's Σ_s g_s rᵀε_s (g = L ⊙ ψ) is
+    With ε_s = J_s ε_{s-1} + q u_s (u = x for W, y^{t-1} for H; q = ∂h/∂current, the neuron's
+    current_grad) and ε_in the trace entering the chunk, the chunk's Σ_s g_s rᵀε_s (g = L ⊙ ψ) is
 
         Σ_b ε_in · (Σ_s g_s rᵀA_s)  +  Σ_b Σ_s u_sᵀ (G_s q),   A_s = J_s ⋯ J_0,  G_s = g_s rᵀ + G_{s+1} J_{s+1},
 
@@ -57,7 +57,7 @@ class ExactTraces:
                  exact: bool = True) -> None:
         self.net, self.layer, self.acc, self.exact = net, layer, acc, exact
         neuron, params, _ = net.dynamics[layer.index - 1]
-        self.k, self.r = neuron.k, neuron.spike_grad(params)  # state variables per unit, d arg/dh
+        self.k, self.r, self.q = neuron.k, neuron.spike_grad(params), neuron.current_grad(params)
         self.eps: dict[str, Tensor | None] = {name: None for name in (layer.W, layer.H) if name in acc}  # None: 0
         self.eps_b = like.new_zeros(self.k, batch, layer.n)
 
@@ -98,14 +98,13 @@ class ExactTraces:
         for name, eps in self.eps.items():
             u = inputs[name][:, 0].unsqueeze(2)
             if eps is None:
-                eps = self.eps[name] = torch.zeros(self.k, *u.shape[:2], J.shape[-1], dtype=u.dtype,
-                                                   device=u.device)
-                eps[0] = u.expand(-1, -1, J.shape[-1])
+                eps = self.eps[name] = torch.stack([(q * u).expand(-1, -1, J.shape[-1]) for q in self.q])
             elif self.k == 1:
-                torch.addcmul(u, eps[0], J[0, 0], out=eps[0])
+                torch.addcmul(u * self.q[0], eps[0], J[0, 0], out=eps[0])
             else:
                 eps.copy_(torch.einsum("acbin,cbmn->abmn", J, eps))
-                eps[0] += u
+                for a in range(self.k):
+                    eps[a] += self.q[a] * u
             for a in range(self.k):
                 self.acc.add_eligibility(name, eps[a], g * self.r[a])
         J = J[:, :, :, 0]
@@ -119,14 +118,17 @@ class ExactTraces:
 
 
 class FactorisedTraces:
-    """Filtered inputs x̄^t = d x̄^{t-1} + x^t (one-state neurons); with `decay=0` this is DRTP's trace-free form.
+    """Filtered inputs x̄^t = d x̄^{t-1} + x^t (one-state neurons); with `decay=0` DRTP's trace-free form (any neuron).
 
-    The update Σ_t x̄^tᵀ g^t is handed over as each step's rank-1 term: the crossbar's own update, which an
-    analog backend applies as pulses."""
+    The update Σ_t x̄^tᵀ (rq g^t) is handed over as each step's rank-1 term: the crossbar's own update, which
+    an analog backend applies as pulses (rq = d arg/dh · dh/dcur, 1 for the SNU and ALIF)."""
 
     def __init__(self, net: SNUNet, layer: LayerSpec, batch: int, like: Tensor, acc: Accumulator,
                  decay: float) -> None:
         self.net, self.acc, self.layer, self.decay = net, acc, layer, decay
+        neuron, params, _ = net.dynamics[layer.index - 1]
+        r, q = neuron.spike_grad(params), neuron.current_grad(params)
+        self.r, self.rq = r[0], sum(a * b for a, b in zip(r, q, strict=True))  # DRTP's x's instant effect on arg
         self.bars = {name: like.new_zeros(batch, net.fan_in(layer) if name == layer.W else layer.n)
                      for name in (layer.W, layer.H) if name in acc}
         self.eps_b = like.new_zeros(batch, layer.n)
@@ -136,7 +138,7 @@ class FactorisedTraces:
         inputs = {layer.W: chunk.x}
         if layer.recurrent:
             inputs[layer.H] = shift_in(before.y, chunk.y)
-        G = g.flatten(0, 1)
+        G = (g if self.rq == 1.0 else g * self.rq).flatten(0, 1)
         for name, last in self.bars.items():
             bar = engine.scan(last, self.decay, inputs[name]) if self.decay else inputs[name]
             acc.add_outer(name, bar.flatten(0, 1), G)
@@ -148,7 +150,7 @@ class FactorisedTraces:
                 J, c = self.net.jacobian(layer, chunk, before, exact=False)
                 eps_b = engine.scan(self.eps_b, J[0, 0], c[0])
                 self.eps_b = eps_b[:, -1]
-                gb = (g * eps_b).sum((0, 1)) + gb
+                gb = (g * (eps_b if self.r == 1.0 else self.r * eps_b)).sum((0, 1)) + gb
             acc.add(layer.b, gb)
 
 
