@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,6 +113,24 @@ def _registered() -> None:
         register_jitable(fn)
 
 
+def _owner(*fns: Callable) -> str:
+    """A file-name-safe tag of the functions a kernel is built from (module and name of each)."""
+    return "_".join(re.sub(r"\W", "_", f"{fn.__module__}.{fn.__qualname__}") for fn in fns)
+
+
+def _kernel(owner: str) -> Callable:
+    """numba.njit with a disk cache of the kernel's own: the kernels of every neuron are closures of the same
+    source, and numba names a cache by the function's qualified name, so each gets `owner` in it. One shared
+    index would hold every neuron's entries, and loading it would import the module of each (a neuron
+    defined in a test, say, which a training process cannot import)."""
+
+    def decorate(fn: Callable) -> Callable:
+        fn.__qualname__ = f"{fn.__qualname__}.{owner}"
+        return nb.njit(cache=True, nogil=True)(fn)
+
+    return decorate
+
+
 def _gather(k: int, dims: int) -> Callable:
     """gather(a, *idx) = (a[0, *idx], …, a[k-1, *idx]): a unit's state as the tuple a neuron takes, from
     an array [k, …] of `dims` dimensions. Written out for this k and indexed in full (numba's
@@ -154,7 +173,7 @@ def neuron_kernels(neuron: Neuron) -> SimpleNamespace:
 # which numba's cache key hashes.
 
 def _map(fn, stamp):  # noqa: ANN001, ANN202
-    @nb.njit(cache=True, nogil=True)
+    @_kernel(_owner(fn))
     def apply(P, q):  # noqa: ANN001, ANN202
         stamp  # noqa: B018
         flat = P.reshape(-1)
@@ -165,7 +184,9 @@ def _map(fn, stamp):  # noqa: ANN001, ANN202
 
 
 def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N803
-    @nb.njit(cache=True, nogil=True)
+    owner = _owner(step, pre)
+
+    @_kernel(owner)
     def feedforward(cur, h0, y0, b, p, q, zero, one, S, Y, P):  # noqa: ANN001, ANN202
         """Sample by sample: a sample's state stays in cache for its whole chunk."""
         stamp  # noqa: B018
@@ -187,7 +208,7 @@ def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N
                     Y[i, k, j] = y[j]
                     P[i, k, j] = pre(arg, q)
 
-    @nb.njit(cache=True, nogil=True)
+    @_kernel(owner)
     def recurrent(cur, h0, y0, b, H, p, q, zero, one, density, S, Y, P):  # noqa: ANN001, ANN202
         """Step by step over the batch: the recurrent current y^{t-1} H is one product per step."""
         stamp  # noqa: B018
@@ -211,6 +232,8 @@ def _forward(step, pre, KS, stamp, gather2, gather3):  # noqa: ANN001, ANN202, N
 
 
 def _build(jac, spike_grad, current_grad, KS, stamp, gather3, gather4):  # noqa: ANN001, ANN202, C901, N803
+    owner = _owner(jac)
+
     @register_jitable
     def self_weight(hd, j):  # noqa: ANN001, ANN202
         """Unit j's recurrent self-weight, or None without recurrence (hd None: compiled apart, the neuron's
@@ -242,7 +265,7 @@ def _build(jac, spike_grad, current_grad, KS, stamp, gather3, gather4):  # noqa:
             a[c2, i, j] = tmp[c2, j]
         return db
 
-    @nb.njit(cache=True, nogil=True)
+    @_kernel(owner)
     def backward(gS, gY, S, Y, psi, h0, y0, b, H, p, zero, gcur, gb):  # noqa: ANN001, ANN202
         """BPTT through the forward with the surrogate as dy/darg, from the chunk's end; the state before the
         chunk is a constant. a_k = dE/dh_k obeys a_k = gS_k + e_k ψ_k r + a_{k+1} J_{k+1}, e_k = gY_k +
@@ -284,7 +307,7 @@ def _build(jac, spike_grad, current_grad, KS, stamp, gather3, gather4):  # noqa:
             for c2 in range(KS):
                 J[c1, c2, i, k, j] = Jt[c1][c2]
 
-    @nb.njit(cache=True, nogil=True)
+    @_kernel(owner)
     def jacobian(S, Y, psi, h_in, y_in, psi_in, b, hd, p, exact, J, C):  # noqa: ANN001, ANN202
         """The neuron's (J, c) at every step of a chunk, each step reading the one before (the state before
         the chunk for the first): J [KS, KS, B, K, n], C [KS, B, K, n]; hd the recurrent diagonal (None
@@ -343,7 +366,7 @@ def _build(jac, spike_grad, current_grad, KS, stamp, gather3, gather4):  # noqa:
                 gAl[c2, j] = gk * u if k == 0 else gAl[c2, j] + gk * u
         return gk * (s - one)
 
-    @nb.njit(cache=True, nogil=True)
+    @_kernel(owner)
     def traces(S, Y, psi, h_in, y_in, psi_in, b, hd, p, exact, zero, one, g, eps_b, G, F, A_last, gA, gb,  # noqa: ANN001, ANN202, PLR0913
                need_F, need_A):
         """Every per-unit recursion of `rules.traces.ExactTraces` over one chunk, the Jacobian J_s computed
