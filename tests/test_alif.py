@@ -11,39 +11,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_gradients import M, N, make_batch, network, rel_err, update
 
 from imc_osttp.builder import build_network
 from imc_osttp.cli import main
 from imc_osttp.config import load_run_config
-from imc_osttp.data.batching import collate
 from imc_osttp.errors import ConfigError
 from imc_osttp.rules import compute_update
 
-M = K = 10
-N = 12
 ALIF = ("model.neuron=alif", "model.alif.beta=0.4", "model.alif.decay=0.8")
-
-
-def make_batch(seed: int = 0, lengths=(9, 6, 11)):
-    g = torch.Generator().manual_seed(seed)
-    xs = [(torch.rand(T, M, generator=g) < 0.4).double() for T in lengths]
-    return collate(xs, [(torch.rand(T, K, generator=g) < 0.2).double() for T in lengths])
-
-
-def network(rule: str, *overrides: str):
-    cfg = load_run_config(None, [f"rule.name={rule}", "train.dtype=float64", f"model.hidden={N}",
-                                 "model.threshold_init=0.3", "model.init_gain=2.5", *overrides])
-    return cfg, build_network(cfg, M, K)
-
-
-def update(rule: str, batch, *overrides: str):
-    cfg, net = network(rule, *overrides)
-    grads, stats = compute_update(cfg.rule, net, batch)
-    return grads, stats, net
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("reset,surrogate,chunk", list(itertools.product(["full", "soft"], ["tanh", "fast_sigmoid"],
