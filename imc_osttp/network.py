@@ -159,8 +159,8 @@ class SNUNet:
         self.engine: Engine = choose(engine, backend.read(self.layers[0].b), backend.products_are_reads,
                                      any(layer.recurrent for layer in self.layers))
         self.readout: Readout = make_readout(cfg.readout, cfg.tau, self.engine)
-        neuron = NEURONS[cfg.neuron]
-        self.dynamics = [Dynamics(neuron, neuron.params(layer), SURROGATES[cfg.surrogate]) for layer in self.layers]
+        self.dynamics = [Dynamics(NEURONS[layer.neuron], NEURONS[layer.neuron].params(layer), SURROGATES[cfg.surrogate])
+                         for layer in self.layers]
 
     @property
     def n_hidden(self) -> int:
