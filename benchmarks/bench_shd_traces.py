@@ -37,10 +37,10 @@ from imc_osttp.backends.base import Accumulator
 from imc_osttp.builder import build_network
 from imc_osttp.data.batching import Batch
 from imc_osttp.network import SNUNet
+from imc_osttp.pipeline.spec import load_spec
 from imc_osttp.rules import compute_update
 from imc_osttp.rules.online import CHUNK_STEPS
 from imc_osttp.rules.traces import ExactTraces
-from imc_osttp.study import load_study
 
 SHD_TRAIN, SHD_STEPS, SHD_CHANNELS, SHD_CLASSES = 8156, 100, 700, 20
 SHD_SAMPLE_STEPS = SHD_TRAIN * SHD_STEPS  # one SHD epoch at shd_rules.yaml's 100 steps
@@ -75,7 +75,7 @@ def copy_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
 
 def shd_network(m: int, n: int, device: torch.device, dtype: torch.dtype) -> SNUNet:
     """shd_rules.yaml's OSTTP network (exact traces) with m inputs and n recurrent units."""
-    cfg = load_study(STUDY).run_config("osttp", 0)
+    cfg = load_spec(STUDY).run_config("osttp", 0)
     train = cfg.train.model_copy(update={"device": str(device), "dtype": str(dtype).removeprefix("torch.")})
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"hidden": n}), "train": train})
     return build_network(cfg, m, SHD_CLASSES)
@@ -131,7 +131,7 @@ def gemm_time(m: int, n: int, batch: int, steps: int, carry: bool, device: torch
 
 def update_time(variant: str, traces: str, batch: int, device: torch.device, repeats: int) -> float:
     """Seconds of one update (rule + optimizer step) of shd_rules.yaml's `variant` on a random batch."""
-    cfg = load_study(STUDY).run_config(variant, 0)
+    cfg = load_spec(STUDY).run_config(variant, 0)
     cfg = cfg.model_copy(update={"rule": cfg.rule.model_copy(update={"traces": traces}),
                                  "train": cfg.train.model_copy(update={"device": str(device)})})
     net = build_network(cfg, SHD_CHANNELS, SHD_CLASSES)

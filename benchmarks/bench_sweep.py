@@ -22,16 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_sweep(workers: int, overrides: dict) -> float:
-    from imc_osttp.sweep.run import run_sweep
-    from imc_osttp.sweep.spec import load_sweep
+    from imc_osttp.config import merge
+    from imc_osttp.pipeline.run import run_spec
+    from imc_osttp.pipeline.spec import load_spec
     from imc_osttp.tracking import prepare_store
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        spec = load_sweep(ROOT / "studies" / "sweep_smoke.yaml", overrides)
+        spec = load_spec(ROOT / "studies" / "sweep_smoke.yaml", merge(overrides, {"output_dir": tmp}), "train")
         prepare_store(None, spec.name)
         start = time.perf_counter()
-        summary = run_sweep(spec, workers=workers, progress=False)
+        summary = run_spec(spec, "sweep", workers=workers, progress=False)
         seconds = time.perf_counter() - start
     if summary.finished != summary.total:
         sys.exit(f"workers={workers}: {summary.failed} of {summary.total} runs failed")

@@ -129,7 +129,7 @@ def train_row(row: Row, spec_path: str | None, seed: int, args: argparse.Namespa
 
     from imc_osttp.config import load_run_config
     from imc_osttp.data import load_task
-    from imc_osttp.train import train
+    from imc_osttp.training import train
 
     torch.set_num_threads(1)
     tree = {"seed": seed, "data": {"task": "jsb", "max_sequences": args.max_sequences},

@@ -13,9 +13,7 @@ exactly `floor(cumsum(drive))`: vectorised over time and channels, no Python loo
 
 from __future__ import annotations
 
-import argparse
 import re
-import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +23,7 @@ from scipy import fft
 from scipy.io import wavfile
 from tqdm.auto import tqdm
 
-from .data.spikes import N_CHANNELS, read_labels, write_spike_h5
+from .data.spikes import N_CHANNELS, write_spike_h5
 from .errors import DataError
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -141,26 +139,3 @@ def encode_directory(wav_dir: str | Path, out_dir: str | Path, cochlea: Cochlea 
     return {split: write_spike_h5(out_dir / f"fsdd_{split}.h5", times, units, labels, speakers=ids,
                                   keys=DIGITS, meta_info=meta_info, attrs=attrs)
             for split, (times, units, labels, ids) in columns.items()}
-
-
-def add_encode_audio_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `encode-audio WAV_DIR OUT` subcommand; its handler is `args.func(args)`."""
-    parser = subparsers.add_parser(
-        "encode-audio", help="encode FSDD recordings as spike trains in SHD's HDF5 layout",
-        description="Write OUT/fsdd_train.h5 and OUT/fsdd_test.h5 (takes 0-4 are the test set) from "
-                    "the {digit}_{speaker}_{take}.wav files of WAV_DIR; train on them with data.task=fsdd "
-                    "and data.path=OUT.")
-    parser.add_argument("wav_dir", metavar="WAV_DIR", type=Path, help="the FSDD recordings directory")
-    parser.add_argument("out", metavar="OUT", type=Path, help="output directory")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=encode_audio_command)
-    return parser
-
-
-def encode_audio_command(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    written = encode_directory(args.wav_dir, args.out, progress=not args.quiet)
-    for split, path in written.items():
-        print(f"{split}: {len(read_labels(path))} recordings -> {path}")
-    print(f"encoded in {time.perf_counter() - start:.1f} s")
-    return 0

@@ -9,27 +9,19 @@ from .config import RunConfig
 from .data.batching import TaskData
 from .errors import ConfigError
 from .network import SNUNet, init_feedback, init_parameters, trainable_names
+from .seeds import generator
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Independent streams per purpose, so that e.g. changing the batch order never changes B.
-SEED_PARAMS, SEED_FEEDBACK, SEED_ORDER = 1, 2, 3
-
-
-def generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1000 + stream)
-
 
 def check_device(cfg: RunConfig) -> torch.device:
-    """The torch device of a digital run; analog tiles run where aihwkit was built (the CPU here)."""
+    """The torch device of the run (a backend may restrict it further: its `validate`)."""
     try:
         device = torch.device(cfg.train.device)
     except RuntimeError:
         raise ConfigError(f"train.device: {cfg.train.device!r} is not a torch device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but this torch has no usable CUDA device")
-    if device.type != "cpu" and cfg.backend.kind == "analog":
-        raise ConfigError("train.device: the analog backend runs on the CPU (aihwkit's CPU build)")
     return device
 
 
@@ -37,10 +29,10 @@ def build_network(cfg: RunConfig, n_in: int, n_out: int) -> SNUNet:
     """Parameters and B are drawn on the CPU from seeded streams, then moved: the same seed gives
     the same initial network on every device."""
     dtype, device = DTYPES[cfg.train.dtype], check_device(cfg)
-    params = init_parameters(cfg.model, n_in, n_out, generator(cfg.seed, SEED_PARAMS), dtype)
+    params = init_parameters(cfg.model, n_in, n_out, generator(cfg.seed, "params"), dtype)
     params = {name: value.to(device) for name, value in params.items()}
     feedback = init_feedback(n_out, cfg.model.widths, cfg.rule.feedback_scale,
-                             generator(cfg.seed, SEED_FEEDBACK), dtype).to(device)
+                             generator(cfg.seed, "feedback"), dtype).to(device)
     trainable = trainable_names(cfg)
     if not trainable:
         raise ConfigError("optim.lr_scale: every parameter is frozen (0), so nothing would train")

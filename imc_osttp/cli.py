@@ -1,82 +1,60 @@
-"""Command line: `imc-osttp train|study|deploy|align|encode-audio ...`.
+"""Command line: `imc-osttp train|study|sweep|deploy|report|align|encode-audio ...`.
 
-Bad input ends in one line on stderr (exit 2), never a traceback.
-"""
+Each command is a call of `imc_osttp.api`; this module parses the arguments and prints the outcome. Bad input
+ends in one line on stderr (exit 2), never a traceback. SIGTERM (what a batch scheduler sends at its time
+limit) is handled as Ctrl-C: finished runs are kept, unfinished ones marked KILLED (exit 143)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import time
 from pathlib import Path
 
+from . import api
+from .config import parse_overrides
 from .errors import UserError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_run_config
-    from .runner import run
     from .tracking import tracking_uri
 
-    cfg = load_run_config(args.config, args.set)
-    result, run_id = run(cfg)
-    best = result.best()
+    result = api.train(args.config, parse_overrides(args.set))
+    cfg, best = result.config, result.best()
     print(f"{cfg.name}: best epoch {result.history.index(best) + 1}/{len(result.history)}: "
           + ", ".join(f"{k}={v:.4f}" for k, v in best.items() if k.startswith(("valid", "test"))))
-    if run_id:
-        print(f"MLflow run {run_id} in {tracking_uri(cfg.tracking.uri)}")
+    if result.run_id:
+        print(f"MLflow run {result.run_id} in {tracking_uri(cfg.tracking.uri)}")
     return 1 if result.diverged else 0
 
 
-def cmd_study(args: argparse.Namespace) -> int:
-    from .config import parse_overrides
-    from .report import report_study
-    from .study import load_study, run_study
-
-    study = load_study(args.study, parse_overrides(args.set) if args.set else None)
-    runs = run_study(study, workers=args.workers)
-    print(report_study(study, runs))
-    return 0
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from .config import parse_overrides
-    from .deploy import load_deploy, run_deploy
-    from .deploy_report import report_deploy
-
-    deploy = load_deploy(args.deploy, parse_overrides(args.set) if args.set else None)
-    rows = run_deploy(deploy, workers=args.workers)
-    print(report_deploy(deploy, rows))
-    return 0
-
-
 def cmd_align(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .align import align, summarise
-    from .config import load_run_config
-    from .data import load_task
-
-    cfg = load_run_config(args.config, args.set)
-    data = load_task(cfg.data)
-    seeds = args.seeds or [cfg.seed]
-    reports = [align(cfg.model_copy(update={"seed": seed}), data, Path(args.dump) if args.dump else None,
-                     args.after_epochs, args.batch) for seed in seeds]
+    done = api.align(args.config, parse_overrides(args.set), seeds=args.seeds, after_epochs=args.after_epochs,
+                     batch_size=args.batch, dump_dir=args.dump)
     if args.json:
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        print(json.dumps(done.reports[0] if len(done.reports) == 1 else done.reports, indent=2))
         return 0
-    rows = summarise(reports)
     if args.csv:
-        table = pd.DataFrame([{"config": cfg.name, "after_epochs": args.after_epochs, "seeds": len(seeds), **row}
-                              for row in rows])
         path = Path(args.csv)
-        table.to_csv(path, mode="a", header=not path.exists(), index=False)
-    stage = f"after {args.after_epochs} epochs of {cfg.rule.name}" if args.after_epochs else "at initialisation"
-    print(f"{cfg.name}, {stage}, {len(seeds)} seed(s): mean ± std over seeds")
+        done.table.to_csv(path, mode="a", header=not path.exists(), index=False)
+    stage = f"after {args.after_epochs} epochs of {done.config.rule.name}" if args.after_epochs else "at initialisation"
+    print(f"{done.config.name}, {stage}, {len(done.reports)} seed(s): mean ± std over seeds")
     print(f"{'rule':10s} {'param':6s} {'cosine':>16s} {'norm ratio':>18s}")
-    for row in rows:
+    for _, row in done.table.iterrows():
         print(f"{row['rule']:10s} {row['param']:6s} {row['cosine']:8.4f} ± {row['cosine_std']:.4f} "
               f"{row['norm_ratio']:10.4f} ± {row['norm_ratio_std']:.4f}")
+    return 0
+
+
+def cmd_encode_audio(args: argparse.Namespace) -> int:
+    from .data.spikes import read_labels
+
+    start = time.perf_counter()
+    for split, path in api.encode_audio(args.wav_dir, args.out, progress=not args.quiet).items():
+        print(f"{split}: {len(read_labels(path))} recordings -> {path}")
+    print(f"encoded in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -85,24 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run and log it to MLflow")
-    p.add_argument("config", help="run config YAML")
+    p.add_argument("config", help="run config YAML, or a shipped one's name (jsb_osttp)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=1e-3")
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("study", help="run variants × seeds, write results/<name>.csv and a figure")
-    p.add_argument("study", help="study YAML")
-    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: the study's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a study field, e.g. base.train.epochs=2")
-    p.set_defaults(func=cmd_study)
-
-    p = sub.add_parser("deploy", help="train, then evaluate the chip from 1 s to 1 year after its last write "
-                       "(frozen, drift-compensated, learning); write results/<name>.csv and a figure")
-    p.add_argument("deploy", help="deploy YAML (studies/jsb_deploy.yaml)")
-    p.add_argument("--workers", type=int, default=None, help="seeds in parallel processes (default: the file's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, e.g. base.train.epochs=2 or adaptation.rate=4")
-    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("align", help="every rule's update against the BPTT gradient on one batch")
     p.add_argument("config")
@@ -116,25 +79,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH", help="append the mean ± std rows to this CSV")
     p.set_defaults(func=cmd_align)
 
-    from .audio import add_encode_audio_parser
+    p = sub.add_parser(
+        "encode-audio", help="encode FSDD recordings as spike trains in SHD's HDF5 layout",
+        description="Write OUT/fsdd_train.h5 and OUT/fsdd_test.h5 (takes 0-4 are the test set) from "
+                    "the {digit}_{speaker}_{take}.wav files of WAV_DIR; train on them with data.task=fsdd "
+                    "and data.path=OUT.")
+    p.add_argument("wav_dir", metavar="WAV_DIR", type=Path, help="the FSDD recordings directory")
+    p.add_argument("out", metavar="OUT", type=Path, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode_audio)
 
-    add_encode_audio_parser(sub)
-    from .sweep.cli import add_sweep_parsers
+    from .pipeline.cli import add_pipeline_parsers
 
-    add_sweep_parsers(sub)
+    add_pipeline_parsers(sub)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so both take the same way out."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except UserError as exc:
         print(f"imc-osttp: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("imc-osttp: terminated (SIGTERM); finished runs are kept", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("imc-osttp: interrupted; finished runs are kept", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

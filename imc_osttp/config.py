@@ -11,17 +11,37 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from . import registry
 from .errors import ConfigError
 from .layers import LayerSpec, Reset, param_names
+from .named import config_file
 
-RuleName = Literal["bptt", "ostl", "ostl_rnd", "drtp", "osttp"]
-RULES: tuple[str, ...] = ("bptt", "ostl", "ostl_rnd", "drtp", "osttp")
+
+def _registered(names: Callable[[], tuple[str, ...]]) -> AfterValidator:
+    """A name valid when registered (imc_osttp.registry): built-in or from a plugin. The error
+    lists the valid names as a Literal's would."""
+
+    def check(value: str) -> str:
+        valid = names()
+        if value not in valid:
+            quoted = [repr(n) for n in valid]
+            listed = f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": listed})
+        return value
+
+    return AfterValidator(check)
+
+
+RuleName = Annotated[str, _registered(registry.rule_names)]
+TaskName = Annotated[str, _registered(registry.task_names)]
 
 
 class _Strict(BaseModel):
@@ -31,7 +51,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the data comes from and how much of it a run uses."""
 
-    task: Literal["jsb", "shd", "fsdd", "synthetic"] = "jsb"
+    task: TaskName = "jsb"  # a registered task (imc_osttp.registry): jsb, shd, fsdd, synthetic or a plugin's
     path: str | None = None  # file (JSB json) or directory; else IMC_OSTTP_DATA, cache, download
     max_sequences: int | None = Field(None, ge=1)  # per split, for quick runs and tests
     # spike-data binning (SHD/FSDD)
@@ -119,7 +139,7 @@ PER_LAYER = ("recurrent", "reset", "decay")
 class RuleConfig(_Strict):
     """The learning rule and how its update is formed (SPEC §2-3)."""
 
-    name: RuleName = "osttp"
+    name: RuleName = "osttp"  # a registered rule (imc_osttp.registry): bptt, ostl, ostl_rnd, drtp, osttp or a plugin's
     traces: Literal["exact", "factorised"] = "exact"
     update_timing: Literal["sequence", "step"] = "sequence"
     feedback_scale: float = Field(1.0, gt=0)  # B ~ U(±scale/sqrt(k))
@@ -183,9 +203,11 @@ class RunConfig(_Strict):
 
     name: str = "run"
     seed: int = 0
-    data: DataConfig = DataConfig()
+    # built on first use, not at import: validating a rule or task name reads the registry, whose
+    # built-ins import modules that import this one
+    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = ModelConfig()
-    rule: RuleConfig = RuleConfig()
+    rule: RuleConfig = Field(default_factory=RuleConfig)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     backend: BackendConfig = BackendConfig()
@@ -193,10 +215,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.data.task == "jsb" and self.model.readout != "sigmoid":
-            raise ValueError("model.readout: the JSB task needs the 'sigmoid' readout")
-        if self.data.task in ("shd", "fsdd") and self.model.readout != "leaky":
-            raise ValueError(f"model.readout: the {self.data.task} task needs the 'leaky' readout")
+        needed = registry.task(self.data.task).readout
+        if needed is not None and self.model.readout != needed:
+            raise ValueError(f"model.readout: the {self.data.task} task needs the '{needed}' readout")
         names = param_names(self.model.layers(), self.model.readout_bias)
         unknown = sorted(set(self.optim.lr_scale) - set(names))
         if unknown:
@@ -262,6 +283,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return tree
 
 
+def nest(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`{"optim.lr": 1e-3, "train": {"epochs": 2}}` -> one nested dict: dotted keys and sections alike, later
+    entries over earlier ones."""
+    tree: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        one: dict[str, Any] = {}
+        set_dotted(one, str(key), value)
+        tree = merge(tree, one)
+    return tree
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -299,22 +331,39 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str = "config") 
                 close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 lines.append(f"{key}: unknown key{hint}")
-            elif err["type"] == "value_error" and re.match(r"Value error, [a-z_]+(\.\w+)+: ", str(err["msg"])):
+            elif err["type"] == "value_error" and re.match(r"Value error, [a-z_]+(\.\w+)*: ", str(err["msg"])):
                 lines.append(str(err["msg"]).removeprefix("Value error, "))  # our validators name the key
             else:
                 lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
+ConfigSource = RunConfig | Mapping[str, Any] | str | Path
+"""A run config as the API takes it: validated, a mapping shaped like the YAML, or a YAML file's path or the name
+of a shipped one (`jsb_osttp`)."""
+
+
+def as_run_config(config: ConfigSource, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """A validated `RunConfig` from any `ConfigSource`, with `overrides` (dotted keys or sections, see `nest`)
+    over it; anything invalid is one `ConfigError` naming the key."""
+    if isinstance(config, RunConfig):
+        data, source = config.model_dump(), config.name
+    elif isinstance(config, Mapping):
+        data, source = dict(config), "config"
+    elif isinstance(config, str | Path):
+        path = config_file(config)
+        data, source = read_yaml(path), str(path)
+    else:
+        raise ConfigError(f"config: expected a RunConfig, a mapping or a YAML file's path or name, "
+                          f"not {type(config).__name__}")
+    return build(RunConfig, merge(data, nest(overrides)), source=source)
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
                     extra: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run config from YAML, apply dict and `key=value` overrides, validate."""
-    data = read_yaml(path) if path is not None else {}
-    if extra:
-        data = merge(data, extra)
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-    return build(RunConfig, data, source=str(path) if path else "config")
+    """Read a run config from YAML (or its shipped name), apply dict and `key=value` overrides, validate."""
+    tree = merge(extra or {}, parse_overrides(overrides or []))
+    return as_run_config({} if path is None else path, tree)
 
 
 def dump_yaml(config: BaseModel) -> str:

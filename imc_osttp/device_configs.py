@@ -11,8 +11,9 @@ Besides `rpu_config`, a file may hold settings that are not rpu_config
 fields (a baseline conductance, the pulse writer, when a fixed tile is
 read); `load_spec` returns them with the config in a typed `DeviceSpec`.
 Named files live in the repository's `device_configs/` folder (installed as
-the package `imc_osttp.device_data`) and in the folders listed in
-IMC_OSTTP_DEVICE_CONFIGS (searched first).
+the package `imc_osttp.device_data`), in the folders listed in
+IMC_OSTTP_DEVICE_CONFIGS (searched first) and in those plugins register
+(`imc_osttp.register_device_configs`, searched next).
 
 Every number a file sets is checked before aihwkit sees it: its type is the
 aihwkit field's annotation, and where aihwkit's documentation gives a range
@@ -40,8 +41,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from . import registry
 from .config import build, read_yaml
 from .errors import ConfigError
+from .named import find, named_files
 
 ENV_FOLDERS = "IMC_OSTTP_DEVICE_CONFIGS"
 SHIPPED = Path(str(files("imc_osttp.device_data")))
@@ -86,12 +89,21 @@ class DeviceSpec(_Strict):
 
 def available() -> list[str]:
     """Names of the configurations found in the shipped and the user's folders."""
-    return sorted({p.stem for folder in _folders() for p in folder.glob("*.yaml")})
+    return sorted(named_files(_places()))
 
 
 def load(name_or_path: str | Path) -> Any:
-    """The aihwkit rpu_config of a named configuration or YAML file."""
-    return load_spec(name_or_path).rpu_config
+    """The aihwkit rpu_config of a named configuration or YAML file, carrying its writer.
+
+    A pulsed training configuration comes back as aihwkit's config class with the writer and the baseline
+    as fields and `tile_class` a `WriterTile` (imc_osttp.backends.tile), so any aihwkit model built from it
+    (AnalogLinear, AnalogConv2d, AnalogLSTM, layers mapped onto several tiles) and trained by AnalogSGD
+    writes its updates as the project's analog backend does; other configurations come back as they are.
+    """
+    from .backends.tile import with_writer  # imports aihwkit
+
+    spec = load_spec(name_or_path)
+    return with_writer(spec.rpu_config, spec.writer, spec.baseline)
 
 
 def load_spec(name_or_path: str | Path) -> DeviceSpec:
@@ -110,8 +122,16 @@ def load_spec(name_or_path: str | Path) -> DeviceSpec:
 
 
 def save(config: Any, path: str | Path) -> None:
-    """Write an rpu_config (or a whole DeviceSpec) as YAML that `load` reads back equal."""
-    spec = config if isinstance(config, DeviceSpec) else DeviceSpec(rpu_config=config)
+    """Write an rpu_config (or a whole DeviceSpec) as YAML that `load_spec` reads back equal; the writer and
+    baseline of a config from `load` go to their own sections, beside the aihwkit config they extend."""
+    if isinstance(config, DeviceSpec):
+        spec = config
+    elif hasattr(config, "writer"):
+        from .backends.tile import without_writer  # imports aihwkit
+
+        spec = DeviceSpec(rpu_config=without_writer(config), writer=config.writer, baseline=config.baseline)
+    else:
+        spec = DeviceSpec(rpu_config=config)
     data = spec.model_dump(exclude={"rpu_config"}, exclude_defaults=True)
     data["rpu_config"] = to_dict(spec.rpu_config)
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
@@ -154,24 +174,14 @@ def from_dict(data: Any, default: Any = None, where: str = "rpu_config") -> Any:
 # ------------------------------------------------------------------ internals
 
 
-def _folders() -> list[Path]:
+def _places() -> list[Path]:
+    """Where names are looked up, first match winning: IMC_OSTTP_DEVICE_CONFIGS, plugins, the shipped folder."""
     extra = [Path(p) for p in os.environ.get(ENV_FOLDERS, "").split(os.pathsep) if p]
-    return [p for p in [*extra, SHIPPED] if p.is_dir()]
+    return [*extra, *registry.device_config_paths(), SHIPPED]
 
 
 def _resolve(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such device config file")
-        return path
-    for folder in _folders():
-        candidate = folder / f"{path.name}.yaml"
-        if candidate.is_file():
-            return candidate
-    close = difflib.get_close_matches(str(name_or_path), available(), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; available: {', '.join(available())}"
-    raise ConfigError(f"device config '{name_or_path}': not found{hint}")
+    return find(name_or_path, "device config", _places)
 
 
 @cache

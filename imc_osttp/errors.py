@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file is missing or corrupt; the message says where we looked and what to do."""
+
+
+class PluginError(UserError):
+    """A plugin cannot be loaded or registers something invalid; the message names the plugin."""

@@ -69,7 +69,7 @@ def init_parameters(cfg: ModelConfig, m: int, k: int, generator: torch.Generator
 
 def init_feedback(k: int, widths: int | list[int], scale: float, generator: torch.Generator,
                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """The fixed random projections [B_1 … B_L] [k, Σ n_l] of OSTL-rnd, DRTP and OSTTP (never trained).
+    """The fixed random projections `[B_1 … B_L]`, `[k, Σ n_l]`, of OSTL-rnd, DRTP and OSTTP (never trained).
 
     Each B_l ~ U(±scale/sqrt(k)) is drawn in turn from one seeded stream, so the B_l are
     independent and one hidden layer's B is the one it always was."""

@@ -29,6 +29,12 @@ def group_lrs(opt: torch.optim.Optimizer) -> dict[str, float]:
     return {group["name"]: group["lr"] for group in opt.param_groups}
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set the base learning rate: every group at lr × its lr_scale."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
 def base_lr(opt: torch.optim.Optimizer) -> float:
     """The scheduled lr before per-parameter scaling: what a run logs as `lr`."""
     group = opt.param_groups[0]

@@ -61,33 +61,50 @@ def package_versions() -> dict[str, str]:
 
 
 def run_tags(cfg: RunConfig) -> dict[str, str]:
-    tags = {"task": cfg.data.task, "rule": cfg.rule.name, "backend": cfg.backend.kind,
+    from .backends import backend_class
+
+    return {"task": cfg.data.task, "rule": cfg.rule.name, **backend_class(cfg).run_tags(cfg),
             "seed": str(cfg.seed), "git_commit": git_commit(), **package_versions()}
-    if cfg.backend.kind == "analog":
-        tags["device_config"] = cfg.backend.device_config
-    return tags
 
 
 _checked: set[str] = set()
 
 
 def client(uri: str | None = None):
-    """An MlflowClient on the store, checked once per process so a broken store is one clear error."""
+    """An MlflowClient on the store, checked once per process so a broken store is one clear error. A new
+    SQLite store is created under a file lock beside it: two processes creating its tables at once would
+    both run its migrations, and one would fail."""
     import mlflow  # heavy: imported only when tracking is on
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     resolved = tracking_uri(uri)
-    try:  # the constructor creates or migrates the tables
-        mlf = mlflow.MlflowClient(tracking_uri=resolved)
-        if resolved not in _checked:
-            mlf.search_experiments(max_results=1)
+    try:
+        with _creating(resolved):  # the first query creates or migrates the tables
+            mlf = mlflow.MlflowClient(tracking_uri=resolved)
+            if resolved not in _checked:
+                mlf.search_experiments(max_results=1)
     except Exception as exc:  # sqlalchemy/alembic/mlflow errors of an unusable store
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"MLflow store {resolved} is unusable ({first}); move the file away, set "
-                        "MLFLOW_TRACKING_URI to another store, or run with tracking.enabled=false") from None
+        raise UserError(f"MLflow store {resolved} is unusable ({first}): set MLFLOW_TRACKING_URI to another "
+                        "store or run with tracking.enabled=false (keep the file: it may hold your runs)") from None
     _checked.add(resolved)
     return mlf
+
+
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """Hold `.<file>.lock` beside a local SQLite store while this process first opens it."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if path is None or uri in _checked:
+        yield
+        return
+    from filelock import FileLock
+
+    store = Path(path).absolute()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(store.with_name(f".{store.name}.lock")):
+        yield
 
 
 def prepare_store(uri: str | None, experiment: str) -> str:
@@ -136,10 +153,12 @@ def log_params(mlf, run_id: str, params: dict[str, Any]) -> None:
 
 
 class RunLogger:
-    """Logs one training run; use `start_run` to get one."""
+    """Logs one training run; `open_run` makes one, `start_run` wraps it for a single process."""
 
-    def __init__(self, mlf, run_id: str, cfg: RunConfig, workdir: Path) -> None:
-        self.mlf, self.run_id, self.cfg, self.workdir = mlf, run_id, cfg, workdir
+    def __init__(self, mlf, run_id: str, cfg: RunConfig) -> None:
+        self.mlf, self.run_id, self.cfg = mlf, run_id, cfg
+        self._tmp = tempfile.TemporaryDirectory()
+        self.workdir = Path(self._tmp.name)
         self.rows: list[dict[str, float]] = []
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -177,12 +196,18 @@ class RunLogger:
         if summary:
             self.log_params({BEST + k: v for k, v in summary.items()})
 
+    def end(self, status: str, error: str | None = None) -> None:
+        """FINISHED, KILLED or FAILED (with the error as a tag)."""
+        if error:
+            self.mlf.set_tag(self.run_id, "error", error[:5000])
+        self.mlf.set_terminated(self.run_id, status)
+        self._tmp.cleanup()
 
-@contextmanager
-def start_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str | None = None,
-              extra_tags: dict[str, str] | None = None, variant: str | None = None) -> Iterator[RunLogger]:
-    """An MLflow run for `cfg`, named by its `variant` (default: the config's name) and seed:
-    FINISHED on success, KILLED on Ctrl-C, FAILED (with the error) otherwise."""
+
+def open_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str | None = None,
+             extra_tags: dict[str, str] | None = None, variant: str | None = None) -> RunLogger:
+    """A RUNNING MLflow run for `cfg`, named by its `variant` (default: the config's name) and seed, with the
+    config as params and as config.yaml."""
     mlf = client(cfg.tracking.uri)
     exp = experiment_id(mlf, experiment or cfg.tracking.experiment or cfg.name)
     variant = variant or cfg.name
@@ -190,32 +215,38 @@ def start_run(cfg: RunConfig, experiment: str | None = None, parent_run_id: str 
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = mlf.create_run(exp, tags=tags, run_name=run_name(variant, cfg.seed))
-    run_id = run.info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        logger = RunLogger(mlf, run_id, cfg, Path(tmp))
-        try:
-            logger.log_params(cfg.flat())
-            path = Path(tmp) / "config.yaml"
-            path.write_text(dump_yaml(cfg))
-            logger.log_artifact(path)
-            yield logger
-        except KeyboardInterrupt:
-            mlf.set_terminated(run_id, "KILLED")
-            raise
-        except BaseException as exc:
-            mlf.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-            mlf.set_terminated(run_id, "FAILED")
-            raise
-        else:
-            mlf.set_terminated(run_id, "FINISHED")
+    logger = RunLogger(mlf, run.info.run_id, cfg)
+    logger.log_params(cfg.flat())
+    path = logger.workdir / "config.yaml"
+    path.write_text(dump_yaml(cfg))
+    logger.log_artifact(path)
+    return logger
+
+
+@contextmanager
+def start_run(cfg: RunConfig) -> Iterator[RunLogger]:
+    """`open_run` for the length of a block: FINISHED on success, KILLED on Ctrl-C, FAILED otherwise."""
+    logger = open_run(cfg)
+    try:
+        yield logger
+    except KeyboardInterrupt:
+        logger.end("KILLED")
+        raise
+    except BaseException as exc:
+        logger.end("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    logger.end("FINISHED")
 
 
 def log_study_summary(cfg: RunConfig, experiment: str, artifacts: list[Path], table: Any) -> str:
     """A summary run in the study's experiment holding its files, and its table (one row per variant)
     as params `<variant>/<column>`: the UI lists them as a table, where metrics would be bar charts.
-    Returns the experiment's id."""
+    It replaces the summary of an earlier report (deleted: its table is out of date). Returns the
+    experiment's id."""
     mlf = client(cfg.tracking.uri)
     exp = experiment_id(mlf, experiment)
+    for old in mlf.search_runs([exp], "tags.kind = 'study_summary'"):
+        mlf.delete_run(old.info.run_id)
     run = mlf.create_run(exp, tags={"kind": "study_summary", "git_commit": git_commit()},
                          run_name=f"{experiment} (summary)")
     for path in artifacts:

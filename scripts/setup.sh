@@ -5,7 +5,8 @@
 # installed editable with its test dependencies and Ray (the optional sweep executor, so
 # that its test runs too).
 # --test: also the browser the MLflow UI test drives (Debian's chromium via apt,
-# Playwright via pip); the package itself never needs them.
+# Playwright via pip) and the docs builder the docs test runs (mkdocs-material,
+# mkdocstrings: the docs extra); the package itself never needs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +65,7 @@ if ! "$VENV/bin/python" -c "import aihwkit.simulator.rpu_base" >/dev/null 2>&1; 
 fi
 
 EXTRAS=dev,ray
-[ "$TEST" = 1 ] && EXTRAS=$EXTRAS,browser
+[ "$TEST" = 1 ] && EXTRAS=$EXTRAS,browser,docs
 step "installing imc-osttp (editable) and its dependencies ($EXTRAS)"
 pip install -q -e ".[$EXTRAS]"
 step "compiling the fused time loops (numba, cached on disk; once)"

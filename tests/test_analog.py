@@ -220,8 +220,9 @@ def test_stochastic_pulse_counts_match_the_expected_value(tmp_path, boost):
     sign = torch.where(torch.rand(N, generator=g) < 0.5, -1.0, 1.0)  # one direction per cell
     d = torch.rand(3, N, generator=g) * sign * boost
     lr = 0.05
+    tile.tile.set_learning_rate(lr)
     for _ in range(400):
-        tile._write_stochastic(x, d, lr)
+        tile.tile.update(x, d)
     realised = tile.weight().abs().sum() / DW
     expected = (tile.counter.up + tile.counter.down).sum()
     assert expected > 5000

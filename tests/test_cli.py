@@ -44,7 +44,7 @@ def test_train_logs_run_with_metrics(tmp_path, jsb_path, mlflow_uri, capsys):
 def test_same_seed_same_numbers(tmp_path, jsb_path, capsys):
     from imc_osttp.config import load_run_config
     from imc_osttp.data import load_task
-    from imc_osttp.train import train
+    from imc_osttp.training import train
 
     cfg = load_run_config(tiny_config(tmp_path, jsb_path), ["tracking.enabled=false"])
     data = load_task(cfg.data)

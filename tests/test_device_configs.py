@@ -51,7 +51,7 @@ def test_round_trip_keeps_nested_fields_enums_and_device_lists(tmp_path):
     rpu.update.pulse_type = PulseType.STOCHASTIC
     rpu.mapping.weight_scaling_omega = 0.8
     device_configs.save(rpu, tmp_path / "pcm.yaml")
-    again = device_configs.load(tmp_path / "pcm.yaml")
+    again = device_configs.load_spec(tmp_path / "pcm.yaml").rpu_config
     assert again == rpu
     assert type(again) is PCMPreset
     text = (tmp_path / "pcm.yaml").read_text()

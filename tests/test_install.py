@@ -1,6 +1,6 @@
 """The package as another project gets it: a wheel of this checkout, installed (not editable) into a
-fresh virtual environment outside the checkout, ships every device configuration, and the device
-configuration tests pass there, against the installed files."""
+fresh virtual environment outside the checkout, ships every device configuration and every study, the
+device configuration tests pass there, against the installed files, and a shipped study runs by name."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ WHEELS = Path(os.environ.get("IMC_OSTTP_WHEEL_CACHE")
 LEAKS = ("PYTHONPATH", "IMC_OSTTP_DEVICE_CONFIGS")
 
 
-def _run(*args: str | Path, cwd: Path) -> str:
+def _run(*args: str | Path, cwd: Path, **extra_env: str) -> str:
     """Run a command outside the checkout; its output in the failure message if it fails."""
-    env = {k: v for k, v in os.environ.items() if k not in LEAKS}
+    env = {**{k: v for k, v in os.environ.items() if k not in LEAKS}, **extra_env}
     done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(map(str, args))}\n{done.stdout}\n{done.stderr}"
     return done.stdout
@@ -42,7 +42,7 @@ def _copy_checkout(dest: Path) -> Path:
 
 
 @pytest.mark.timeout(600)
-def test_a_wheel_installed_in_a_fresh_environment_ships_every_device_config(tmp_path):
+def test_a_wheel_installed_in_a_fresh_environment_ships_every_device_config_and_study(tmp_path, jsb_path):
     aihwkit = sorted(WHEELS.glob("aihwkit-1.2.0-*.whl"))
     if not aihwkit:
         pytest.skip(f"no aihwkit wheel cached in {WHEELS} (bash scripts/setup.sh builds it)")
@@ -65,3 +65,14 @@ def test_a_wheel_installed_in_a_fresh_environment_ships_every_device_config(tmp_
     # list, load, build a tile from, save and reload every shipped configuration, with the installed package
     shutil.copy(REPO / "tests" / "test_device_configs.py", work)
     _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_device_configs.py", cwd=work)
+
+    # the shipped studies resolve by name there: `imc-osttp study jsb_quick`, shortened
+    where = _run(python, "-c", "from imc_osttp import named; print(*named.shipped_studies(), *named.studies())",
+                 cwd=work).split()
+    assert Path(where[0]).is_relative_to(env)
+    assert where[1:] == sorted(p.stem for p in (REPO / "studies").glob("*.yaml"))
+    short = ["--set", "workers=1", "--set", "base.train.epochs=1", "--set", "base.data.max_sequences=2",
+             "--set", "base.tracking.enabled=false"]
+    data = str(jsb_path.parents[1])
+    out = _run(env / "bin" / "imc-osttp", "study", "jsb_quick", *short, cwd=work, IMC_OSTTP_DATA=data)
+    assert "osttp" in out and (work / "results" / "jsb_quick.csv").is_file()

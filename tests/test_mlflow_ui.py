@@ -2,8 +2,9 @@
 driven by Playwright), both on 127.0.0.1. A digital-versus-analog study must open in the model-training
 view with its per-epoch curves, both runs in each, as the first charts.
 
-The screenshot goes to the test's tmp_path (printed); with IMC_OSTTP_UI_SCREENSHOT=<path> also there
-(the README's docs/mlflow_chart_view.png is made this way). Needs `bash scripts/setup.sh --test`.
+The screenshot goes to the test's tmp_path (printed). The docs' screenshot of a real study is
+scripts/screenshot_mlflow.py, which serves and drives the UI with this module's helpers.
+Needs `bash scripts/setup.sh --test`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -85,6 +87,35 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with its store in `folder`, in its own session; its url. Stopped on exit."""
+    port, log = free_port(), folder / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", str(folder / "artifacts")],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **QUIET})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+def open_chart_view(page, url: str, experiment: str) -> None:
+    """Open the experiment in the model-training chart view and wait until its first chart drew two lines."""
+    page.goto(f"{url}/#/experiments/{experiment}?workflowType=machine_learning")
+    page.wait_for_url(re.compile(rf"#/experiments/{experiment}/runs\b"), timeout=60_000)
+    page.goto(url + chart_view(experiment))
+    page.wait_for_function(DRAWN, timeout=120_000)
+    close = page.locator('button[aria-label="Close"][data-component-id="mlflow.assistant.chat_panel.close"]')
+    if close.count():
+        close.click()  # the assistant panel hides half the charts
+
+
 @pytest.fixture
 def mlflow_server(tmp_path, monkeypatch) -> Iterator[str]:
     """A tracking server on 127.0.0.1 with its store in tmp_path; this process and its workers log to it."""
@@ -93,20 +124,9 @@ def mlflow_server(tmp_path, monkeypatch) -> Iterator[str]:
     pytest.importorskip("playwright.sync_api", reason="playwright missing: run `bash scripts/setup.sh --test`")
     for key, value in QUIET.items():
         monkeypatch.setenv(key, value)
-    port, log = free_port(), tmp_path / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-             "--artifacts-destination", str(tmp_path / "artifacts")],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **QUIET})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log)
+    with serve(tmp_path) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         yield url
-    finally:
-        stop(proc)
 
 
 def run_study(tmp_path: Path, jsb_path: Path) -> str:
@@ -142,18 +162,9 @@ def test_study_opens_on_its_curves_in_the_model_training_view(tmp_path, jsb_path
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
-            page.goto(f"{mlflow_server}/#/experiments/{experiment}?workflowType=machine_learning")
-            page.wait_for_url(re.compile(rf"#/experiments/{experiment}/runs\b"), timeout=60_000)
-
-            page.goto(mlflow_server + chart_view(experiment))
-            page.wait_for_function(DRAWN, timeout=120_000)  # the first chart has drawn two lines
-            close = page.locator('button[aria-label="Close"][data-component-id="mlflow.assistant.chat_panel.close"]')
-            if close.count():
-                close.click()  # the assistant panel hides half the charts
+            open_chart_view(page, mlflow_server, experiment)
             page.wait_for_timeout(1000)
             page.screenshot(path=str(shot))
-            if target := os.environ.get("IMC_OSTTP_UI_SCREENSHOT"):
-                shutil.copyfile(shot, target)
             with capsys.disabled():
                 print(f"\nscreenshot of the chart view: {shot}")
             chart = page.evaluate(FIRST_CHART)

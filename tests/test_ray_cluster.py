@@ -34,11 +34,38 @@ def ray_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(ray), *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+def on_ray(verb: str, path: Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
+    """`imc-osttp <verb> <path>` through the cluster, with `--set` overrides."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return subprocess.Popen([sys.executable, "-m", "imc_osttp.cli", verb, str(path), "--executor", "ray",
+                             "--ray-address", ADDRESS, *sets], cwd=Path(env["RESULTS"]).parent, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def sweep(name: str, env: dict[str, str]) -> subprocess.Popen:
     """The smoke sweep, 5 epochs a run (each point trains ~2 s: long enough to kill a worker in it)."""
-    return subprocess.Popen([sys.executable, "-m", "imc_osttp.cli", "sweep", str(SMOKE), "--executor", "ray",
-                             "--ray-address", ADDRESS, "--set", f"name={name}", "--set", "base.train.epochs=5"],
-                            cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return on_ray("sweep", SMOKE, env, f"name={name}", "base.train.epochs=5", f"output_dir={env['RESULTS']}")
+
+
+def spec_files(work: Path, data: Path) -> dict[str, Path]:
+    """A tiny study, a tiny deploy and a sweep with one dataset no one can read (all on the driver's data)."""
+    jsb = {"task": "jsb", "max_sequences": 4}
+    base = {"data": jsb, "model": {"hidden": 8}, "train": {"epochs": 2, "batch_size": 4}}
+    specs = {
+        "study": {"name": "ray_study", "seeds": [0], "base": base,
+                  "variants": {"bptt": {"rule.name": "bptt"}, "osttp": {"rule.name": "osttp"}}},
+        "deploy": {"name": "ray_deploy", "seeds": [0], "times": [1.0, 3600.0], "modes": ["frozen", "frozen_gdc"],
+                   "base": {**base, "backend": {"kind": "analog", "device_config": "pcm_4device",
+                                                "knobs": {"drift_nu": 0.05}}}},
+        "sweep": {"name": "ray_data", "seeds": [0], "base": base, "axes": [{"kind": "variants", "name": "data",
+                  "values": {"here": {"optim.lr": 0.001}, "missing": {"optim.lr": 0.002,
+                                                                       "data.path": str(data / "missing.json")}}}]},
+    }
+    out = {}
+    for verb, spec in specs.items():
+        out[verb] = work / f"{spec['name']}.yaml"
+        out[verb].write_text(json.dumps({**spec, "output_dir": str(work / "results")}))
+    return out
 
 
 def finish(proc: subprocess.Popen, start: float) -> dict:
@@ -47,11 +74,11 @@ def finish(proc: subprocess.Popen, start: float) -> dict:
 
 
 def training_tasks() -> list[int]:
-    """Ray workers running a sweep point (Ray titles a worker after the task it runs)."""
+    """Ray workers running a job (Ray titles a worker after the task it runs)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::train_point"):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::run_job"):
                 pids.append(int(entry.name))
         except OSError:
             pass
@@ -59,13 +86,15 @@ def training_tasks() -> list[int]:
 
 
 def steps(work: Path, data_root: Path) -> dict:
-    """Start a head (token auth on, no data variable), run the smoke sweep, kill a worker mid-sweep, rerun."""
+    """Start a head (token auth on, no data variable), run the smoke sweep, kill a worker mid-sweep, rerun;
+    then a study, a deploy and a sweep whose one dataset cannot be read, each through the cluster."""
     home, cache = work / "home", work / "empty_cache"
     cache.mkdir()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "IMC_OSTTP_", "MLFLOW_"))}
     base.update(HOME=str(home), IMC_OSTTP_CACHE=str(cache))  # workers find no data on disk
     # only the driver can read the data and the MLflow store
-    driver = {**base, "IMC_OSTTP_DATA": str(data_root), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    driver = {**base, "IMC_OSTTP_DATA": str(data_root), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+              "RESULTS": str(work / "results")}
     report: dict = {"token": ray_cli("get-auth-token", "--generate", env=base).returncode}
     start = time.monotonic()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths below it have a length limit
@@ -86,6 +115,8 @@ def steps(work: Path, data_root: Path) -> dict:
             os.kill(tasks[0], signal.SIGKILL)
         report["killed"] = {"pid": tasks[0] if tasks else None, **finish(killed, start)}
         report["rerun"] = finish(sweep("ray_cluster_kill", driver), time.monotonic())
+        for verb, path in spec_files(work, data_root).items():
+            report[path.stem] = finish(on_ray(verb, path, driver), time.monotonic())
     report["stop"] = ray_cli("stop", "--force", env=base).returncode
     shutil.rmtree(temp, ignore_errors=True)
     return report
@@ -99,6 +130,7 @@ if __name__ == "__main__":
 # ------------------------------------------------------------------ the test
 
 import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -155,4 +187,15 @@ def test_sweep_on_a_ray_cluster_with_token_auth_and_no_shared_data(tmp_path, jsb
     finished = [(c.data.tags["point_id"], c.data.tags["seed"]) for c in children if c.info.status == "FINISHED"]
     assert parent.info.status == "FINISHED" and len(finished) == 4 and len(set(finished)) == 4
     assert [c.info.status for c in children if c.info.status != "FINISHED"] == ["FAILED"]
+
+    # a study and a deploy run through the cluster as a sweep does; a dataset the driver cannot read fails
+    # only its run
+    results = tmp_path / "results"
+    assert report["ray_study"]["rc"] == 0 and report["ray_deploy"]["rc"] == 0, (report["ray_study"]["err"][-3000:],
+                                                                              report["ray_deploy"]["err"][-3000:])
+    assert len(pd.read_csv(results / "ray_study.csv")) == 2 and len(pd.read_csv(results / "ray_deploy.csv")) == 4
+    assert report["ray_data"]["rc"] == 1 and "1 finished now, 1 failed" in report["ray_data"]["out"]
+    _, children = runs_of(mlflow_uri, "ray_data")
+    (failed,) = [c for c in children if c.info.status == "FAILED"]
+    assert "DataError: jsb-chorales-quarter.json: not found at " in failed.data.tags["error"]
     assert report["stop"] == 0

@@ -22,9 +22,9 @@ from imc_osttp.config import RunConfig, build, load_run_config, merge, parse_ove
 from imc_osttp.data import load_task
 from imc_osttp.data.batching import Batch, collate
 from imc_osttp.network import SNUNet
+from imc_osttp.pipeline.spec import load_spec
 from imc_osttp.rules import compute_update
-from imc_osttp.study import load_study
-from imc_osttp.train import train
+from imc_osttp.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IMC_OSTTP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -129,7 +129,7 @@ def test_spec_check_sees_the_recurrent_diagonal() -> None:
 def test_study_files_carry_the_paper_protocol(name: str) -> None:
     """SPEC §4's SHD network and per-rule decay, tau and Adam rate in every variant of both study files;
     the `osttp` variant uses the paper's exact traces."""
-    study = load_study(REPO / "studies" / f"{name}.yaml")
+    study = load_spec(REPO / "studies" / f"{name}.yaml")
     paper = {"bptt": (0.83, 0.98, 0.00035), "osttp": (0.95, 0.99, 0.0002)}
     assert set(paper) <= set(study.variants) and len(study.seeds) == 5
     assert study.run_config("osttp", 0).rule.traces == "exact"
@@ -146,7 +146,7 @@ def test_study_files_carry_the_paper_protocol(name: str) -> None:
 def test_fsdd_analog_study_trains_the_same_network_on_pcm_tiles() -> None:
     """fsdd_analog's PCM variant is its digital variant with W1, H1, W2 on pulsed PCM tiles and B on a
     programmed tile: shrunk to 12 units (lr raised so that pulses fire), a few updates pulse every tile."""
-    study = load_study(REPO / "studies" / "fsdd_analog.yaml")
+    study = load_spec(REPO / "studies" / "fsdd_analog.yaml")
     digital, analog = study.run_config("digital", 0), study.run_config("pcm_4device", 0)
     assert analog.backend.kind == "analog" and digital.backend.kind == "digital"
     assert (analog.model, analog.rule, analog.optim) == (digital.model, digital.rule, digital.optim)
@@ -179,7 +179,7 @@ def test_osttp_learns_fsdd(fsdd_small: Path) -> None:
     """OSTTP with exact recurrent traces on fsdd_rules.yaml's network, shrunk to 64 units and sped up
     (Adam 0.01, 8 epochs): 60 test recordings, chance 10 %. The best of 8 epochs reaches > 30 % (≥ 19
     right) by luck with probability ≤ 8 · P(Binomial(60, 0.1) ≥ 19) ≈ 3e-5; seeds 0-2 reach 55, 57, 47 %."""
-    cfg = load_study(REPO / "studies" / "fsdd_rules.yaml").run_config("osttp", 0)
+    cfg = load_spec(REPO / "studies" / "fsdd_rules.yaml").run_config("osttp", 0)
     cfg = build(RunConfig, merge(cfg.model_dump(), parse_overrides([
         f"data.path={fsdd_small}", "model.hidden=64", "rule.traces=exact", "optim.lr=0.01",
         "train.epochs=8", "train.batch_size=16", "train.threads=1", "tracking.enabled=false"])))

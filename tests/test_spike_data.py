@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import shutil
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from imc_osttp.audio import DIGITS, add_encode_audio_parser, encode_directory
+from imc_osttp.audio import DIGITS, encode_directory
+from imc_osttp.cli import main
 from imc_osttp.config import DataConfig
 from imc_osttp.data import load_spike_h5
 from imc_osttp.data import spikes as spikes_module
@@ -113,10 +113,7 @@ def test_encoder_on_fsdd_reads_back(tmp_path: Path, capsys: pytest.CaptureFixtur
     wavs.mkdir()
     for name in FSDD_FILES:
         shutil.copy(RECORDINGS / f"{name}.wav", wavs)
-    parser = argparse.ArgumentParser()
-    add_encode_audio_parser(parser.add_subparsers())
-    args = parser.parse_args(["encode-audio", str(wavs), str(tmp_path / "out"), "--quiet"])
-    assert args.func(args) == 0
+    assert main(["encode-audio", str(wavs), str(tmp_path / "out"), "--quiet"]) == 0
     assert "train: 4 recordings" in capsys.readouterr().out
     for split, digits, speakers in (("train", [1, 2, 8, 9], [1, 2, 4, 5]), ("test", [0, 5], [0, 3])):
         path = tmp_path / "out" / f"fsdd_{split}.h5"

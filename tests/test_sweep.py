@@ -1,8 +1,8 @@
-"""Sweeps: axis expansion, nested MLflow runs, resume after a kill, crashing points, Ray, the report."""
+"""Sweeps: axis expansion, nested MLflow runs, resume after an interruption, crashing points, the report, Ray's
+one-line refusals (a real Ray cluster, in a network namespace of its own: tests/test_ray_cluster.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from imc_osttp.cli import main
-from imc_osttp.errors import ConfigError, UserError
-from imc_osttp.sweep import figures, store
-from imc_osttp.sweep.run import run_sweep
-from imc_osttp.sweep.spec import expand, load_sweep, parse_sweep
+from imc_osttp.errors import ConfigError
+from imc_osttp.pipeline import figures, mirror
+from imc_osttp.pipeline.record import Record
+from imc_osttp.pipeline.run import run_spec
+from imc_osttp.pipeline.spec import parse_spec
 
 SMOKE = Path(__file__).resolve().parents[1] / "studies" / "sweep_smoke.yaml"
 TINY = {"data": {"task": "jsb", "max_sequences": 4}, "model": {"hidden": 16}, "train": {"epochs": 1, "batch_size": 2}}
@@ -32,10 +33,14 @@ def store_uri(tmp_path_factory):
         yield uri
 
 
-def digital_sweep(jsb_path, name="tiny", axes=None, seeds=(0, 1)) -> dict:
+def digital_sweep(jsb_path, tmp_path, name="tiny", axes=None, seeds=(0, 1)) -> dict:
     base = {**TINY, "data": {**TINY["data"], "path": str(jsb_path)}}
     axes = axes or [{"kind": "grid", "key": "optim.lr", "values": [0.0005, 0.001]}]
-    return {"name": name, "base": base, "seeds": list(seeds), "axes": axes}
+    return {"name": name, "base": base, "seeds": list(seeds), "axes": axes, "output_dir": str(tmp_path / "results")}
+
+
+def run_sweep(spec, **kwargs):
+    return run_spec(spec, "sweep", progress=False, **kwargs)
 
 
 def runs_of(uri: str, experiment: str) -> tuple[list, list]:
@@ -52,25 +57,26 @@ def runs_of(uri: str, experiment: str) -> tuple[list, list]:
 def test_grid_axes_form_a_product_and_ids_are_stable_and_distinct():
     axes = [{"kind": "grid", "key": "optim.lr", "values": [1e-3, 5e-4]},
             {"kind": "grid", "key": "model.hidden", "values": [8, 16, 32]}]
-    spec = parse_sweep({"name": "g", "base": TINY, "seeds": [0, 1], "axes": axes})
-    points = expand(spec)
-    assert len(points) == 6 and len({p.id for p in points}) == 6
-    assert {(p.cfg.optim.lr, p.cfg.model.hidden) for p in points} == {(a, b) for a in (1e-3, 5e-4)
-                                                                      for b in (8, 16, 32)}
-    assert points[0].labels == {"optim.lr": "0.001", "model.hidden": "8"}
-    assert points[0].config(1).seed == 1 and points[0].cfg.tracking.experiment == "g"
-    # the id hashes the resolved config: not the axis order, the sweep's name or the seed
-    again = expand(parse_sweep({"name": "other", "base": TINY, "seeds": [5], "axes": axes[::-1]}))
-    assert {p.id for p in again} == {p.id for p in points}
+    spec = parse_spec({"name": "g", "base": TINY, "seeds": [0, 1], "axes": axes})
+    jobs = spec.jobs()
+    assert len(jobs) == 12 and len({j.key for j in jobs}) == 6
+    assert {(j.cfg.optim.lr, j.cfg.model.hidden) for j in jobs} == {(a, b) for a in (1e-3, 5e-4)
+                                                                    for b in (8, 16, 32)}
+    assert jobs[0].labels == {"optim.lr": "0.001", "model.hidden": "8"}
+    assert [j.seed for j in jobs[:2]] == [0, 1] and jobs[0].cfg.tracking.experiment == "g"
+    assert jobs[0].version == "train1.digital1"
+    # the key hashes the resolved config: not the axis order, the sweep's name or the seed
+    again = parse_spec({"name": "other", "base": TINY, "seeds": [5], "axes": axes[::-1]}).jobs()
+    assert {j.key for j in again} == {j.key for j in jobs}
 
 
 def test_ablation_and_mirror_set_ideal_and_realistic_values():
     knobs = ["dw_min_std", "out_noise", "w_noise"]
-    spec = parse_sweep({"name": "a", "base": PCM, "digital_reference": True, "axes": [
+    spec = parse_spec({"name": "a", "base": PCM, "digital_reference": True, "axes": [
         {"kind": "rule", "values": {"osttp": {"model.decay": 0.6}}},
         {"kind": "ablation", "knobs": knobs, "realistic": {"w_noise": 0.02}},
         {"kind": "ablation_mirror", "knobs": knobs, "realistic": {"w_noise": 0.02}}]})
-    points = {p.labels["ablation"]: p for p in expand(spec)}
+    points = {p.labels["ablation"]: p for p in spec.jobs()}
     ideal, real = {"dw_min_std": 0.0, "out_noise": 0.0, "w_noise": 0.0}, {"dw_min_std": 0.6, "out_noise": 0.1,
                                                                           "w_noise": 0.02}
     assert points["ideal"].cfg.backend.knobs == ideal and points["realistic"].cfg.backend.knobs == real
@@ -79,7 +85,7 @@ def test_ablation_and_mirror_set_ideal_and_realistic_values():
         assert points[f"all_but:{k}"].cfg.backend.knobs == {**real, k: ideal[k]}
     digital = points["digital"].cfg
     assert digital.backend.kind == "digital" and digital.backend.knobs == {} and digital.model.decay == 0.6
-    assert len(points) == 2 + 2 * len(knobs) + 1 and len({p.id for p in points.values()}) == len(points)
+    assert len(points) == 2 + 2 * len(knobs) + 1 and len({p.key for p in points.values()}) == len(points)
 
 
 @pytest.mark.parametrize(("axes", "message"), [
@@ -92,13 +98,12 @@ def test_ablation_and_mirror_set_ideal_and_realistic_values():
 ])
 def test_bad_axes_fail_before_training(axes, message):
     with pytest.raises(ConfigError, match=message):
-        expand(parse_sweep({"name": "bad", "base": PCM, "axes": axes}))
+        parse_spec({"name": "bad", "base": PCM, "axes": axes}).jobs()
 
 
 def test_knobs_need_the_analog_backend():
     with pytest.raises(ConfigError, match="need backend.kind: analog"):
-        expand(parse_sweep({"name": "d", "base": TINY, "axes": [{"kind": "grid", "key": "out_noise",
-                                                                  "values": [0.0]}]}))
+        parse_spec({"name": "d", "base": TINY, "axes": [{"kind": "grid", "key": "out_noise", "values": [0.0]}]}).jobs()
 
 
 def test_figures_draw_each_axis_and_a_heatmap(tmp_path):
@@ -123,6 +128,7 @@ def test_smoke_sweep_nests_four_runs_under_one_parent_and_a_rerun_adds_none(tmp_
                                                                             capsys):
     args = [str(SMOKE), "--set", f"base.data.path={jsb_path}", "--set", f"output_dir={tmp_path / 'results'}"]
     assert main(["sweep", *args]) == 0
+    assert len(pd.read_csv(tmp_path / "results" / "sweep_smoke.csv")) == 4  # the record
     (parent,), children = runs_of(store_uri, "sweep_smoke")
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
@@ -150,54 +156,48 @@ def test_smoke_sweep_nests_four_runs_under_one_parent_and_a_rerun_adds_none(tmp_
     assert main(["report", "--run-id", parent.info.run_id, "--output-dir", str(tmp_path / "by_id")]) == 0
 
 
-def test_interrupted_sweep_keeps_its_finished_point_and_a_rerun_trains_only_the_rest(jsb_path, store_uri,
+def test_interrupted_sweep_keeps_its_finished_point_and_a_rerun_trains_only_the_rest(tmp_path, jsb_path, store_uri,
                                                                                      monkeypatch):
-    spec = parse_sweep(digital_sweep(jsb_path))
-    log_child = store.log_child
+    spec = parse_spec(digital_sweep(jsb_path, tmp_path))
+    add = Record.add
     calls = []
 
-    def ctrl_c_after_first(*args, **kwargs):
+    def ctrl_c_at_second(self, *args):
         if calls:
             raise KeyboardInterrupt
         calls.append(args)
-        return log_child(*args, **kwargs)
+        return add(self, *args)
 
-    monkeypatch.setattr(store, "log_child", ctrl_c_after_first)
+    monkeypatch.setattr(Record, "add", ctrl_c_at_second)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, workers=1, progress=False)
+        run_sweep(spec, workers=1)
     (parent,), children = runs_of(store_uri, "tiny")
-    assert parent.info.status == "KILLED" and [c.info.status for c in children] == ["FINISHED"]
-    # a child its driver left RUNNING (killed while logging) is stale: KILLED, then trained again
-    point = next(p for p in expand(spec) if p.id != children[0].data.tags["point_id"])
+    assert parent.info.status == "KILLED" and sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
+    assert len(pd.read_csv(tmp_path / "results" / "tiny.csv")) == 1
+    # a child its driver left RUNNING (kill -9 while it trained) is squared with the record: KILLED
+    job = next(j for j in spec.jobs() if j.key not in {c.data.tags["point_id"] for c in children})
     mlf = mlflow.MlflowClient(store_uri)
-    stale = mlf.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
-                                                            "point_id": point.id, "seed": "0"})
+    stale = mlf.create_run(parent.info.experiment_id, tags={
+        "mlflow.parentRunId": parent.info.run_id, mirror.TAG_SPEC: "tiny", "config_hash": job.key,
+        "seed": str(job.seed), "results_version": job.version})
 
-    monkeypatch.setattr(store, "log_child", log_child)
-    summary = run_sweep(spec, workers=1, progress=False)
+    monkeypatch.setattr(Record, "add", add)
+    summary = run_sweep(spec, workers=1)
     assert (summary.total, summary.skipped, summary.finished, summary.failed) == (4, 1, 3, 0)
     (parent,), children = runs_of(store_uri, "tiny")
     assert parent.info.status == "FINISHED"
     assert mlf.get_run(stale.info.run_id).info.status == "KILLED"
     finished = [(c.data.tags["point_id"], c.data.tags["seed"]) for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 4 and len(set(finished)) == 4  # no FINISHED pair twice
-
-
-def test_a_sweep_whose_driver_is_alive_is_not_run_twice(jsb_path, store_uri):
-    spec = parse_sweep(digital_sweep(jsb_path, "busy", seeds=[0]))
-    run_sweep(spec, workers=1, progress=False)
-    (parent,), _ = runs_of(store_uri, "busy")
-    mlf = mlflow.MlflowClient(store_uri)
-    mlf.set_tag(parent.info.run_id, store.TAG_PID, str(os.getppid()))  # a live process on this machine
-    mlf.update_run(parent.info.run_id, status="RUNNING")
-    with pytest.raises(UserError, match=f"being run by process {os.getppid()}"):
-        run_sweep(spec, workers=1, progress=False)
+    table = pd.read_csv(tmp_path / "results" / "tiny.csv", dtype={"config_hash": str})
+    assert sorted(zip(table["config_hash"], table["seed"].astype(str), strict=True)) == sorted(finished)
 
 
 def test_a_crashing_point_is_failed_with_its_error_and_the_others_finish(tmp_path, jsb_path, store_uri):
-    axes = [{"kind": "grid", "key": "data.path", "values": [str(jsb_path), str(tmp_path / "missing.json")]}]
-    spec = parse_sweep(digital_sweep(jsb_path, "crash", axes, seeds=[0]))
-    summary = run_sweep(spec, workers=1, progress=False)
+    axes = [{"kind": "variants", "name": "data", "values": {
+        "here": {"optim.lr": 0.001}, "missing": {"optim.lr": 0.002, "data.path": str(tmp_path / "missing.json")}}}]
+    spec = parse_spec(digital_sweep(jsb_path, tmp_path, "crash", axes, seeds=[0]))
+    summary = run_sweep(spec, workers=1)
     assert (summary.finished, summary.failed) == (1, 1)
     (parent,), children = runs_of(store_uri, "crash")
     by_status = {c.info.status: c for c in children}
@@ -206,26 +206,28 @@ def test_a_crashing_point_is_failed_with_its_error_and_the_others_finish(tmp_pat
     assert parent.info.status == "FAILED" and "1 of 2 runs failed" in parent.data.tags["error"]
     # once the cause is fixed, a rerun trains only the failed point
     shutil.copy(jsb_path, tmp_path / "missing.json")
-    summary = run_sweep(spec, workers=1, progress=False)
+    summary = run_sweep(spec, workers=1)
     assert (summary.skipped, summary.finished, summary.failed) == (1, 1, 0)
     (parent,), children = runs_of(store_uri, "crash")
     assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
 
 
-def test_ray_executor_runs_the_smoke_sweep(jsb_path, store_uri):
-    pytest.importorskip("ray", reason="ray is an optional extra: pip install 'imc-osttp[ray]'")
-    spec = load_sweep(SMOKE, {"name": "smoke_ray", "base": {"data": {"path": str(jsb_path)}}})
-    summary = run_sweep(spec, workers=2, executor="ray", progress=False)
-    assert (summary.finished, summary.failed) == (4, 0)
-    (parent,), children = runs_of(store_uri, "smoke_ray")
-    assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
-
-
 def test_missing_ray_is_one_line_and_creates_no_runs(jsb_path, store_uri, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     path = tmp_path / "no_ray.yaml"
-    path.write_text(yaml.safe_dump(digital_sweep(jsb_path, "no_ray")))
+    path.write_text(yaml.safe_dump(digital_sweep(jsb_path, tmp_path, "no_ray")))
     assert main(["sweep", str(path), "--executor", "ray"]) == 2
     assert "pip install 'imc-osttp[ray]'" in capsys.readouterr().err
     assert mlflow.MlflowClient(store_uri).get_experiment_by_name("no_ray") is None
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_creates_no_runs(tmp_path, jsb_path, store_uri, capfd):
+    pytest.importorskip("ray", reason="ray is an optional extra: pip install 'imc-osttp[ray]'")
+    path = tmp_path / "no_cluster.yaml"
+    path.write_text(yaml.safe_dump(digital_sweep(jsb_path, tmp_path, "no_cluster")))
+    assert main(["sweep", str(path), "--executor", "ray", "--ray-address", "127.0.0.1:1"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("imc-osttp: error: cannot connect to the Ray cluster at 127.0.0.1:1: ")
+    assert "refused" in err and "\n" not in err
+    assert mlflow.MlflowClient(store_uri).get_experiment_by_name("no_cluster") is None

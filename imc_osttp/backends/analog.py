@@ -7,36 +7,38 @@ Thresholds and biases stay digital torch parameters, as on the hardware.
 Rank-1 updates (factorised traces, the readout) are kept as factor pairs
 and sent as one batched `tile.update`, the crossbar's parallel update; a
 dense update matrix goes through the pulse writer of the device config.
+The trainable tiles are `WriterTile`s (backends/tile.py), the tile class an
+aihwkit model gets from `device_configs.load`: one writer for both.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import device_configs
-from ..builder import generator
 from ..config import OptimConfig, RunConfig
-from ..device_configs import DeviceSpec
+from ..device_configs import DeviceSpec, WriterSpec
 from ..errors import ConfigError
 from ..knobs import apply_to_spec
 from ..layers import matrix_slots
 from ..optim import base_lr, clip_coefficient, group_lrs, make_optimizer
+from ..seeds import generator, tile_seeds
 from .base import Accumulator
 
 try:
-    from aihwkit.simulator.parameters import PulseType
     from aihwkit.simulator.tiles.inference import InferenceTileWithPeriphery
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the analog backend needs aihwkit 1.2.0: run scripts/setup.sh") from exc
 
 from . import pulses
-
-SEED_ROUNDING = 4  # random stream of the exact writer's rounding (builder uses 1-3)
+from .tile import WriterTile, with_writer
 
 
 @dataclass
@@ -97,44 +99,47 @@ class AnalogAccumulator(Accumulator):
 
 
 class PulsedTile:
-    """One trainable matrix (row convention [in, out]) on an aihwkit tile holding its transpose."""
+    """One trainable matrix (row convention [in, out]) on a `WriterTile` holding its transpose, the very tile
+    an aihwkit model builds from `device_configs.load`; this class adds the backend's per-epoch diagnostics."""
 
     def __init__(self, weight: Tensor, spec: DeviceSpec, rounding: torch.Generator, seed: int) -> None:
-        rpu = copy.deepcopy(spec.rpu_config)
+        rpu = with_writer(spec.rpu_config, spec.writer, spec.baseline)
+        if not issubclass(rpu.tile_class, WriterTile):
+            raise ConfigError(f"device config: {type(spec.rpu_config).__name__} is not a pulsed training "
+                              "configuration (a trainable matrix needs an AnalogTile's rpu_config)")
         if hasattr(rpu.device, "construction_seed"):
             rpu.device.construction_seed = seed  # device-to-device variation follows the run's seed
-        self.algorithm = pulses.own_algorithm(rpu.device)
-        if self.algorithm and spec.writer.policy == "exact":
-            raise ConfigError(f"writer.policy 'exact': {self.algorithm} updates by its own algorithm (aihwkit's "
-                              "stochastic trains into its accumulator); use writer.policy 'stochastic'")
-        self.writer = spec.writer
-        if self.writer.policy == "exact":
-            rpu.update = copy.deepcopy(pulses.SINGLE_PULSE)
         in_size, out_size = weight.shape
         self.tile = rpu.tile_class(out_size, in_size, rpu)
+        self.tile.rounding = rounding
         self.tile.set_weights(weight.detach().transpose(0, 1).float().contiguous())
-        if spec.baseline is not None:
-            set_baseline(self.tile, rpu.device, spec.baseline)
-        self.eps = pulses.granularity(self.tile, rpu.device)
-        fp = self.eps is None or rpu.update.pulse_type in (PulseType.NONE, PulseType.NONE_WITH_DEVICE)
-        if not fp and rpu.update.pulse_type not in pulses.STOCHASTIC:
-            raise ConfigError(f"update.pulse_type {rpu.update.pulse_type.name}: pulses can be counted for "
-                              "STOCHASTIC(_COMPRESSED) updates; for exact counts use writer.policy 'exact'")
-        if fp and self.writer.policy == "exact":
-            raise ConfigError(f"writer.policy 'exact': {type(rpu.device).__name__} takes no pulses")
-        self.step = self.writer.step or self.eps
-        observable = not (fp or self.algorithm)
-        self.counter = pulses.PulseCounter(out_size, in_size, pulses.has_pairs(rpu.device),
-                                           pulses.devices_per_pulse(rpu.device)) if observable else None
-        self.residual = torch.zeros(out_size, in_size)  # carried remainder of the exact writer, in pulses
-        self.rounding = rounding
         # diagnostics: the weights the writer meant to reach (tile convention, re-anchored to the read-back
         # weights every epoch) and the device conductances when the epoch began (refresh shows as a drop)
         self.intended = self.tile.get_weights()[0].clone()
-        self.resync = pulses.stale_after_refresh(rpu.device)  # re-derive the visible weights after each write
         inner = getattr(rpu.device, "device", None)  # mixed precision: the pulsed cell under the accumulator
         self.pairs = pulses.device_pairs(self.tile, pulses.has_pairs(rpu.device) or pulses.has_pairs(inner))
         self.conductances = self._conductances()
+
+    @property
+    def writer(self) -> WriterSpec:
+        return self.tile.writer
+
+    @property
+    def algorithm(self) -> str | None:
+        return self.tile.algorithm
+
+    @property
+    def step(self) -> float | None:
+        return self.tile.step
+
+    @property
+    def counter(self) -> pulses.PulseCounter | None:
+        return self.tile.counter
+
+    @property
+    def residual(self) -> Tensor:
+        """The exact writer's carried remainder, in pulses (tile convention [out, in])."""
+        return self.tile.residual
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -149,19 +154,23 @@ class PulsedTile:
         return self.tile.get_weights()[0].transpose(0, 1)
 
     def write(self, grad: Tensor, lr: float) -> None:
-        """ΔW = -lr·grad, as pulses: rank-1 terms as coincident trains where the gradient has them."""
+        """ΔW = -lr·grad through the tile's update (aihwkit's tile.update(x, d): W_t -= lr Σ d xᵀ):
+        rank-1 terms as they are where the gradient has them and the writer takes them (stochastic trains),
+        a dense matrix as one one-hot input row per row of W that changes."""
         factors = getattr(grad, "factors", None)
         self.intended -= lr * grad.detach().transpose(0, 1).float()
-        if self.writer.policy == "exact":
-            self._write_exact(grad, lr)
-        elif factors is None:
-            self._write_stochastic_dense(grad, lr)
+        self.tile.set_learning_rate(lr)
+        if factors is None or self.writer.policy == "exact":
+            self._write_dense(grad)
         else:
-            self._write_stochastic(factors.left, factors.right, lr)
+            self.tile.update(factors.left.float(), factors.right.float())
             if factors.dense is not None:
-                self._write_stochastic_dense(factors.dense, lr)
-        if self.resync:  # the C++ tile's own [params, ...] tensor, set back as read: ~1 ms for 150 x 88
-            self.tile.tile.set_hidden_parameters(self.tile.tile.get_hidden_parameters())
+                self._write_dense(factors.dense)
+
+    def _write_dense(self, grad: Tensor) -> None:
+        rows = torch.nonzero(grad.detach().abs().sum(1)).flatten()
+        if len(rows):
+            self.tile.update(torch.eye(grad.shape[0])[rows], grad.detach()[rows].float())
 
     def _conductances(self) -> dict[str, Tensor]:
         """Every device's conductance, with its bounds: hidden_weights_*, max_bound_*, min_bound_*."""
@@ -220,72 +229,6 @@ class PulsedTile:
         scale = torch.ones(1) if alpha is None else alpha.detach().float()
         return scale * float(getattr(self.tile, "mapping_lr_scale", 1.0))
 
-    def _write_stochastic_dense(self, grad: Tensor, lr: float) -> None:
-        """One one-hot sample per input row that changes: row j of W moves by -lr·grad[j]."""
-        rows = torch.nonzero(grad.abs().sum(1)).flatten()
-        if len(rows):
-            eye = torch.eye(grad.shape[0], dtype=grad.dtype)
-            self._write_stochastic(eye[rows], grad[rows], lr)
-
-    def _write_stochastic(self, left: Tensor, right: Tensor, lr: float) -> None:
-        """tile.update(x, d) does W_t -= lr_t Σ d xᵀ; lr_t rescales aihwkit's ε to the calibrated step."""
-        x, d = left.float(), right.float()
-        tile_lr = lr * self.eps / self.step if self.counter is not None else lr
-        self.tile.set_learning_rate(tile_lr)
-        self.tile.update(x, d)
-        if self.counter is not None:
-            up = self.tile.rpu_config.update
-            self.counter.add_trains(*pulses.pulse_trains(x, d / self._scale(), tile_lr, self.eps, up))
-
-    def _write_exact(self, grad: Tensor, lr: float) -> None:
-        """Round -lr·gradᵀ/(α·step) to pulse counts digitally and fire each pulse on its own."""
-        target = (-lr * grad.transpose(0, 1).float()) / (self._scale().view(-1, 1) * self.step)
-        if self.writer.rounding == "carry":
-            target = target + self.residual
-            n = torch.trunc(target)
-        else:
-            n = torch.floor(target + torch.rand(target.shape, generator=self.rounding))
-        n = n.clamp(-self.writer.max_pulses, self.writer.max_pulses)
-        if self.writer.rounding == "carry":
-            # only the remainder below one pulse is carried: what the per-update clip cut off is dropped, or
-            # one exploding update (an exact trace can grow by hundreds in a long sequence) would keep firing
-            # max_pulses on its devices for thousands of updates and pin them at a bound
-            self.residual = torch.fmod(target - n, 1.0)
-        self._fire(n)
-
-    def _fire(self, n: Tensor) -> None:
-        """Exactly n[i, j] pulses on device (i, j) (n > 0 raises W): one single-pulse round per count."""
-        cols = torch.nonzero(n.abs().sum(0)).flatten()
-        if not len(cols):
-            return
-        self.tile.set_learning_rate(pulses.SINGLE_PULSE_LR * self.eps)
-        x = torch.eye(n.shape[1])[cols]
-        sign, size = n.sign().transpose(0, 1)[cols], n.abs().transpose(0, 1)[cols]
-        for k in range(1, int(size.max()) + 1):
-            # d = -1 raises W; pre-multiplied by α, which tile.update divides out again
-            self.tile.update(x, -(sign * (size >= k)) * self._scale())
-        self.counter.add_counts(n.double())
-
-
-def set_baseline(tile, device, g0: float) -> None:
-    """Raise both devices of every pair by the same amount, g0 or what the fuller device's bound still
-    allows, so W is unchanged: pulses start on the flatter part of the curve."""
-    if not pulses.has_pairs(device):
-        raise ConfigError(f"baseline: {type(device).__name__} has no differential pairs")
-    hidden = tile.get_hidden_parameters()
-    names = [k for k in hidden if k.startswith("hidden_weights_") and k[15:].replace("_", "").isdigit()]
-    depth = max(k.count("_") for k in names)
-    pairs: dict[str, list[str]] = {}
-    for name in (k for k in names if k.count("_") == depth):
-        # hidden_weights_{0|1}[_k]: the first index picks the device of pair k (a vector cell's k-th pair)
-        pairs.setdefault(name[len("hidden_weights_") + 1:], []).append(name)
-    for members in pairs.values():
-        room = torch.stack([hidden[n.replace("hidden_weights", "max_bound")] - hidden[n] for n in members]).amin(0)
-        raise_by = room.clamp(min=0.0, max=g0)
-        for name in members:
-            hidden[name] = hidden[name] + raise_by
-    tile.set_hidden_parameters(hidden)
-
 
 class ProgrammedTile:
     """The fixed feedback matrix: written once with programming noise (and drift), then only read."""
@@ -325,6 +268,22 @@ class AnalogBackend:
 
     kind = "analog"
     products_are_reads = False
+    # 2: the visible weights of a refreshing cell are re-derived after every write (issue 10); 1: before
+    results_version = "analog2"
+    has_clock = True
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        """Plain SGD on the CPU, and device configs that exist and take the config's knobs."""
+        check_optimizer(cfg.optim)
+        if cfg.train.device.split(":")[0] != "cpu":
+            raise ConfigError("train.device: the analog backend runs on the CPU (aihwkit's CPU build)")
+        for role, name in (("device", cfg.backend.device_config), ("feedback", cfg.backend.feedback_config)):
+            apply_to_spec(device_configs.load_spec(name), cfg.backend.knobs, role)
+
+    @staticmethod
+    def run_tags(cfg: RunConfig) -> dict[str, str]:
+        return {"backend": "analog", "device_config": cfg.backend.device_config}
 
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:
@@ -332,12 +291,13 @@ class AnalogBackend:
         knobs = cfg.backend.knobs
         spec = apply_to_spec(device_configs.load_spec(cfg.backend.device_config), knobs, "device")
         feedback_spec = apply_to_spec(device_configs.load_spec(cfg.backend.feedback_config), knobs, "feedback")
-        rounding = generator(cfg.seed, SEED_ROUNDING)
+        rounding = generator(cfg.seed, "rounding")
         self.dtype = params["W1"].dtype
-        # aihwkit draws device-to-device variation from construction_seed (0 would mean the clock);
-        # every trainable tile is built from the same knob-applied spec, so a sweep knob reaches all
-        self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=1 + 10 * cfg.seed + i)
-                      for i, n in enumerate(matrix_slots(cfg.model.depth)) if n in params}
+        # aihwkit draws device-to-device variation from construction_seed (imc_osttp/seeds.py); every
+        # trainable tile is built from the same knob-applied spec, so a sweep knob reaches all
+        slots = matrix_slots(cfg.model.depth)
+        seeds = dict(zip(slots, tile_seeds(cfg.seed, len(slots)), strict=True))
+        self.tiles = {n: PulsedTile(params[n], spec, rounding, seed=seeds[n]) for n in slots if n in params}
         unobserved = sorted({t.algorithm for t in self.tiles.values() if t.algorithm})
         if unobserved:
             warnings.warn(f"{', '.join(unobserved)} runs aihwkit's own training algorithm: its transfer pulses "
@@ -355,6 +315,10 @@ class AnalogBackend:
             {n: self.digital[n] if n in self.digital else torch.nn.Parameter(torch.zeros(0)) for n in self.trainable},
             cfg.optim)
         self._views: dict[str, Tensor] = {}
+        self._gdc: Any = None  # aihwkit's GlobalDriftCompensation, once started
+        self._gdc_ref: dict[str, float] = {}
+        self._gdc_factor: dict[str, float] = {}
+        self._gdc_scales: dict[str, Tensor | None] = {}
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
         out = self.tiles[name].forward(x)
@@ -413,6 +377,44 @@ class AnalogBackend:
         for tile in self.tiles.values():
             tile.tile.drift_weights(seconds)
         self.forget_views()
+
+    def copy(self) -> AnalogBackend:
+        """An independent copy of the trained chip: every trainable tile's devices, drift clocks, carried
+        remainder and pulse counters (`WriterTile` deep-copies its C++ tile whole). The programmed B is
+        read-only: shared."""
+        return copy.deepcopy(self, {id(self.B.tile): self.B.tile})
+
+    def pulse_total(self) -> float:
+        counters = [t.counter for t in self.tiles.values()]
+        return math.nan if any(c is None for c in counters) else sum(c.total() for c in counters)
+
+    def start_drift_compensation(self) -> None:
+        """aihwkit's GlobalDriftCompensation per trainable tile: the mean |output| of its one-hot read-out now,
+        right after the last write, is the reference that later read-outs are scaled back to."""
+        from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+
+        self._gdc = GlobalDriftCompensation()
+        self._gdc_scales = {n: t.tile.get_mapping_scales() for n, t in self.tiles.items()}
+        self._gdc_factor = dict.fromkeys(self.tiles, 1.0)
+        self._gdc_ref = {n: self._gdc_readout(n) for n in self.tiles}
+
+    def compensate_drift(self) -> dict[str, float]:
+        """Each tile's digital output scale times ref/now (the pulse writer divides by the same scale, so
+        learning writes stay calibrated); returns the factors."""
+        for name, pulsed in self.tiles.items():
+            self._gdc_factor[name] = self._gdc_ref[name] / max(self._gdc_readout(name), 1e-12)
+            base, factor = self._gdc_scales[name], self._gdc_factor[name]
+            # a tensor: aihwkit's set_mapping_scales ignores a float once scales exist
+            pulsed.tile.set_mapping_scales(torch.tensor([factor]) if base is None else base * factor)
+        self.forget_views()
+        return dict(self._gdc_factor)
+
+    @torch.no_grad()
+    def _gdc_readout(self, name: str) -> float:
+        """The read-out through the tile with the compensation divided out (the raw conductances)."""
+        tile = self.tiles[name].tile
+        out = tile.forward(self._gdc.get_readout_tensor(tile.in_size))
+        return float(self._gdc.readout(out)) / self._gdc_factor[name]
 
     def forget_views(self) -> None:
         """Drop the cached weight views: the tiles changed outside `apply` (drift, output scales)."""

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import blas
+from ..config import RunConfig
 
 
 class Accumulator:
@@ -79,12 +80,30 @@ class Accumulator:
 
 
 class Backend(Protocol):
-    """What the network and the rules may ask of wherever the weights live."""
+    """What the network, the rules, deploy and tracking may ask of wherever the weights live. Nothing
+    outside `backends/` reads `kind` to decide anything or reaches past these methods."""
 
     kind: str
     # whether mvm(name, x) is exactly x @ read(name): then the network may compute the product
     # itself, inside a fused time loop (imc_osttp/fused.py); a tile's read is noisy per call
     products_are_reads: bool
+    # what this backend's stored results mean, e.g. "analog2": bumped when a change to the backend makes a
+    # result it produced before mean something else (rows of an older version are retrained: docs/pipeline.md)
+    results_version: str
+    # whether weights change with chip time (advance_clock); deploy needs such a backend
+    has_clock: bool
+    # seconds of chip time that pass with every applied update (0: no clock while training)
+    time_per_update: float
+    # the torch optimizer that holds each trainable parameter's (scheduled) learning rate
+    optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        """Raise ConfigError (naming the key) if `cfg` cannot run on this backend; cheap, before training."""
+
+    @staticmethod
+    def run_tags(cfg: RunConfig) -> dict[str, str]:
+        """Tags that say where a run's weights lived (MLflow tags and result-table columns)."""
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
         """x W for the named matrix (W1, H1, W2)."""
@@ -96,7 +115,7 @@ class Backend(Protocol):
         """y* [B_1 … B_L]: the projected target through the stacked fixed random matrices."""
 
     def feedback_matrix(self) -> Tensor:
-        """The stacked [B_1 … B_L] [k, Σ n_l] as held (programmed, on an analog chip)."""
+        """The stacked `[B_1 … B_L]`, `[k, Σ n_l]`, as held (programmed, on an analog chip)."""
 
     def read(self, name: str) -> Tensor:
         """A digital view of a parameter (thresholds, biases, the diagonal of H)."""
@@ -112,3 +131,19 @@ class Backend(Protocol):
 
     def end_epoch(self) -> dict[str, float]:
         """Advance the learning-rate schedule; return per-epoch backend metrics (e.g. pulses)."""
+
+    def advance_clock(self, seconds: float) -> None:
+        """Let `seconds` of chip time pass (weights drift where the backend has a clock)."""
+
+    def copy(self) -> Backend:
+        """An independent copy of the trained weights (a chip's devices, bounds and clocks): it evolves on
+        its own and leaves this one untouched."""
+
+    def pulse_total(self) -> float:
+        """Device pulses fired on the trainable weights since the run began (NaN where not observable)."""
+
+    def start_drift_compensation(self) -> None:
+        """Take the reference read-out of global drift compensation: right after the last write."""
+
+    def compensate_drift(self) -> dict[str, float]:
+        """Rescale each trainable matrix's output by its reference read-out over today's; the factors."""

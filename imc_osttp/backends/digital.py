@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 from torch import Tensor
 
 from .. import blas
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..optim import base_lr, clip_coefficient, make_optimizer
 from .base import Accumulator
 
@@ -16,6 +20,19 @@ class DigitalBackend:
 
     kind = "digital"
     products_are_reads = True
+    results_version = "digital1"
+    has_clock = False
+    time_per_update = 0.0
+
+    @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        if cfg.backend.knobs:
+            raise ConfigError(f"backend.knobs: {sorted(cfg.backend.knobs)} need backend.kind: analog "
+                              "(digital weights have no devices)")
+
+    @staticmethod
+    def run_tags(cfg: RunConfig) -> dict[str, str]:
+        return {"backend": "digital"}
 
     def __init__(self, cfg: RunConfig, params: dict[str, Tensor], feedback: Tensor,
                  trainable: list[str]) -> None:
@@ -58,3 +75,18 @@ class DigitalBackend:
         if self.scheduler is not None:
             self.scheduler.step()
         return {"lr": base_lr(self.optimizer)}
+
+    def advance_clock(self, seconds: float) -> None:
+        """Tensors do not drift."""
+
+    def copy(self) -> DigitalBackend:
+        return copy.deepcopy(self)
+
+    def pulse_total(self) -> float:
+        return math.nan
+
+    def start_drift_compensation(self) -> None:
+        """Nothing drifts, so nothing to compensate."""
+
+    def compensate_drift(self) -> dict[str, float]:
+        return {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from aihwkit.simulator.configs import SingleRPUConfig, UnitCellRPUConfig
@@ -154,29 +155,40 @@ def _probability(v: Tensor, scale: Tensor, res: float) -> Tensor:
 
 
 class PulseCounter:
-    """Cumulative pulses per cross-point, split by direction (which device of a pair they reach)."""
+    """Cumulative pulses per cross-point, split by direction (which device of a pair they reach).
 
-    def __init__(self, out_size: int, in_size: int, pairs: bool, fan: int) -> None:
-        self.up = torch.zeros(out_size, in_size, dtype=torch.float64)  # pulses that raise W
-        self.down = torch.zeros(out_size, in_size, dtype=torch.float64)
-        self.pairs, self.fan = pairs, fan
+    The counts are the tile's registered buffers `pulses_up` and `pulses_down` ([out, in], float64), so they
+    travel with its state_dict, deepcopy and pickle; this class reads and adds to them."""
+
+    def __init__(self, tile: Any, pairs: bool, fan: int) -> None:
+        self.tile, self.pairs, self.fan = tile, pairs, fan
+
+    @property
+    def up(self) -> Tensor:
+        """Pulses that raised W, per cross-point."""
+        return self.tile.pulses_up
+
+    @property
+    def down(self) -> Tensor:
+        """Pulses that lowered W, per cross-point."""
+        return self.tile.pulses_down
 
     def add_counts(self, n: Tensor) -> None:
         """Exact signed counts [out, in]; n > 0 raises W."""
-        self.up += n.clamp(min=0)
-        self.down += (-n).clamp(min=0)
+        self.up.add_(n.clamp(min=0))
+        self.down.add_((-n).clamp(min=0))
 
     def add_trains(self, bl: Tensor, p: Tensor, q: Tensor) -> None:
         """Expected coincidences of stochastic trains; update(x, d) lowers W where d·x > 0."""
         w = bl[:, None] * p
         w_neg, w_pos = (-w).clamp(min=0), w.clamp(min=0)  # rows with d < 0 raise W where x > 0
         q_pos = q.clamp(min=0)
-        self.up += (w_neg.T @ q_pos).double()
-        self.down += (w_pos.T @ q_pos).double()
+        self.up.add_((w_neg.T @ q_pos).double())
+        self.down.add_((w_pos.T @ q_pos).double())
         if bool((q < 0).any()):
             q_neg = (-q).clamp(min=0)
-            self.up += (w_pos.T @ q_neg).double()
-            self.down += (w_neg.T @ q_neg).double()
+            self.up.add_((w_pos.T @ q_neg).double())
+            self.down.add_((w_neg.T @ q_neg).double())
 
     def total(self) -> float:
         """Device pulses so far (a pulse reaches `fan` devices)."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import registry
 from ..config import RuleConfig
 from ..data.batching import Batch
 from ..network import SNUNet
+
+registry.register_rule("bptt", None)  # no online signal: autograd through time (bptt.py)
 
 
 @dataclass
@@ -22,7 +25,7 @@ def compute_update(rule: RuleConfig, net: SNUNet, batch: Batch) -> tuple[dict, B
     With `rule.update_timing == "step"`, the update is applied at every step
     and the returned dict is empty.
     """
-    if rule.name == "bptt":
+    if registry.rule(rule.name).signal is None:
         from .bptt import bptt_update
 
         return bptt_update(net, batch)

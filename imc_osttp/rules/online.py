@@ -16,9 +16,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .. import registry
 from ..config import RuleConfig
 from ..data.batching import Batch
 from ..network import Chunk, SNUNet
+from ..registry import register_rule
 from .traces import make_traces
 
 # steps per chunk when updates are applied per sequence: SHD's 100 steps (and FSDD's 50) fit one
@@ -65,17 +67,16 @@ def projected(source: str) -> Signal:
     return signal
 
 
-SIGNALS: dict[str, Signal] = {
-    "ostl": backpropagated,
-    "ostl_rnd": projected("error"),
-    "drtp": projected("target"),
-    "osttp": projected("target"),
-}
+# the built-in online rules, registered as a plugin's would be (imc_osttp.registry)
+register_rule("ostl", backpropagated)
+register_rule("ostl_rnd", projected("error"))
+register_rule("drtp", projected("target"), traces="none")  # no memory of the past: its eligibility is ψ^t x^t
+register_rule("osttp", projected("target"))
 
 
 def trace_kind(rule: RuleConfig) -> str:
-    """DRTP has no memory of the past: its eligibility is psi^t x^t."""
-    return "none" if rule.name == "drtp" else rule.traces
+    """The eligibility trace the rule multiplies: its own kind (DRTP: none), else `rule.traces`."""
+    return registry.rule(rule.name).traces or rule.traces
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
 
     be = net.backend
     acc = be.accumulator()
-    signal = SIGNALS[rule.name]
+    signal = registry.rule(rule.name).signal
     kind = trace_kind(rule)
     traces = [make_traces(kind, net, layer, batch.size, batch.x, acc) for layer in net.layers]
     state = net.init_state(batch.size, batch.x)

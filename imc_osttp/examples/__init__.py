@@ -1,0 +1,1 @@
+"""Worked examples that use the toolkit outside its spiking networks (importable by the tests and the docs)."""
