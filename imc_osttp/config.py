@@ -42,6 +42,7 @@ def _registered(names: Callable[[], tuple[str, ...]]) -> AfterValidator:
 
 RuleName = Annotated[str, _registered(registry.rule_names)]
 TaskName = Annotated[str, _registered(registry.task_names)]
+NeuronName = Annotated[str, _registered(registry.neuron_names)]
 
 
 class _Strict(BaseModel):
@@ -91,7 +92,7 @@ class ModelConfig(_Strict):
     """
 
     hidden: Width | Annotated[list[Width], Field(min_length=1)] = 150
-    neuron: Literal["snu", "alif"] = "snu"
+    neuron: NeuronName = "snu"  # a registered neuron (imc_osttp.registry): snu, alif or a plugin's
     alif: ALIFConfig = ALIFConfig()
     recurrent: bool | list[bool] = False
     reset: Reset | list[Reset] = "full"
@@ -203,10 +204,10 @@ class RunConfig(_Strict):
 
     name: str = "run"
     seed: int = 0
-    # built on first use, not at import: validating a rule or task name reads the registry, whose
+    # built on first use, not at import: validating a rule, task or neuron name reads the registry, whose
     # built-ins import modules that import this one
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     rule: RuleConfig = Field(default_factory=RuleConfig)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()

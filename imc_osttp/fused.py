@@ -198,16 +198,16 @@ def warm_up(dtype: torch.dtype = torch.float32) -> float:
     """Run every kernel of every neuron and surrogate once on tiny inputs of `dtype` (compiling it, or
     loading it from numba's disk cache); returns the seconds it took. The setup calls it so that no run
     pays compilation."""
+    from . import registry
     from .config import ModelConfig
     from .network import LayerChunk, LayerState
-    from .neurons import NEURONS
     from .neurons.surrogates import SURROGATES
 
     start = time.perf_counter()
     engine = FusedEngine()
     x = torch.rand(2, 3, 4, dtype=dtype)
     b = torch.full((4,), 0.5, dtype=dtype)
-    for neuron in NEURONS.values():
+    for neuron in map(registry.neuron, registry.neuron_names()):
         layer = ModelConfig(hidden=4, neuron=neuron.name).layers()[0]
         zero = LayerState(torch.zeros(neuron.k, 2, 4, dtype=dtype), torch.zeros(2, 4, dtype=dtype),
                           torch.zeros(2, 4, dtype=dtype))

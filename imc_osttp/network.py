@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import registry
 from .backends.base import Backend
 from .config import ModelConfig, RunConfig
 from .engine import Dynamics, Engine, TraceChunk, choose
 from .layers import LayerSpec, readout_names
 from .layers import param_names as layer_param_names
-from .neurons import NEURONS
 from .neurons.surrogates import SURROGATES
 from .readout import Readout, ReadoutChunk, ReadoutState, make_readout
 
@@ -159,8 +159,9 @@ class SNUNet:
         self.engine: Engine = choose(engine, backend.read(self.layers[0].b), backend.products_are_reads,
                                      any(layer.recurrent for layer in self.layers))
         self.readout: Readout = make_readout(cfg.readout, cfg.tau, self.engine)
-        self.dynamics = [Dynamics(NEURONS[layer.neuron], NEURONS[layer.neuron].params(layer), SURROGATES[cfg.surrogate])
-                         for layer in self.layers]
+        neurons = [registry.neuron(layer.neuron) for layer in self.layers]
+        self.dynamics = [Dynamics(neuron, neuron.params(layer), SURROGATES[cfg.surrogate])
+                         for neuron, layer in zip(neurons, self.layers, strict=True)]
 
     @property
     def n_hidden(self) -> int:

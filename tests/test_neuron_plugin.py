@@ -1,6 +1,7 @@
 """A neuron model defined outside the package (here: a current-based LIF, whose input current is a state of
 its own, which the spike does not read) runs on both engines with every rule, and OSTL with exact traces
-is BPTT on one feed-forward layer of it: adding a neuron is writing its definition, no engine code."""
+is BPTT on one feed-forward layer of it: adding a neuron is writing its definition and registering it
+(`imc_osttp.register_neuron`, as a plugin does), no engine code; `model.neuron: cuba` then selects it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from typing import NamedTuple
 import pytest
 import torch
 
+import imc_osttp
 from imc_osttp.builder import build_network
 from imc_osttp.config import load_run_config
 from imc_osttp.data.batching import collate
-from imc_osttp.engine import Dynamics
 from imc_osttp.neurons.base import Neuron, elementwise
-from imc_osttp.neurons.surrogates import SURROGATES
 from imc_osttp.rules import compute_update
 
 
@@ -56,15 +56,17 @@ def cuba_current_grad(p):  # noqa: ANN001, ANN201
 
 CUBA = Neuron("cuba", ("i", "v"), lambda layer: CubaParams(layer.decay, 0.7), cuba_step, cuba_jacobian,
               cuba_spike_grad, cuba_current_grad)
+imc_osttp.register_neuron(CUBA)
 
 
 def cuba_network(rule: str, traces: str, engine: str, recurrent: bool, timing: str = "sequence"):
     cfg = load_run_config(None, [f"rule.name={rule}", f"rule.traces={traces}", f"train.engine={engine}",
                                  f"model.recurrent={str(recurrent).lower()}", f"rule.update_timing={timing}",
                                  "train.dtype=float64", "model.hidden=[9, 7]", "model.reset=soft",
-                                 "model.threshold_init=0.3", "model.init_gain=2.5", "optim.lr=0.05"])
+                                 "model.threshold_init=0.3", "model.init_gain=2.5", "optim.lr=0.05",
+                                 "model.neuron=cuba"])
     net = build_network(cfg, 10, 8)
-    net.dynamics = [Dynamics(CUBA, CUBA.params(layer), SURROGATES[cfg.model.surrogate]) for layer in net.layers]
+    assert [dyn.neuron for dyn in net.dynamics] == [CUBA, CUBA]
     return cfg, net
 
 
@@ -100,11 +102,19 @@ def test_ostl_equals_bptt_for_a_neuron_from_outside():
     results = {}
     for rule in ("bptt", "ostl"):
         cfg = load_run_config(None, [f"rule.name={rule}", "train.dtype=float64", "model.hidden=12", "model.reset=soft",
-                                     "model.threshold_init=0.3", "model.init_gain=2.5"])
+                                     "model.threshold_init=0.3", "model.init_gain=2.5", "model.neuron=cuba"])
         net = build_network(cfg, 10, 8)
-        net.dynamics = [Dynamics(CUBA, CUBA.params(layer), SURROGATES[cfg.model.surrogate]) for layer in net.layers]
         results[rule], stats = compute_update(cfg.rule, net, batch)
         assert stats.spikes > 0
     for name, grad in results["bptt"].items():
         assert grad.norm() > 0
         assert float((results["ostl"][name] - grad).norm() / grad.norm()) <= 1e-9, name
+
+
+def test_register_neuron_refuses_what_is_not_a_neuron_and_a_taken_name():
+    with pytest.raises(imc_osttp.PluginError, match="expected an imc_osttp.neurons.base.Neuron"):
+        imc_osttp.register_neuron(cuba_step)
+    with pytest.raises(imc_osttp.PluginError, match="neuron 'cuba' is already registered"):
+        imc_osttp.register_neuron(CUBA)
+    with pytest.raises(imc_osttp.ConfigError, match="model.neuron: Input should be 'snu', 'alif' or 'cuba'"):
+        load_run_config(None, ["model.neuron=lif"])
