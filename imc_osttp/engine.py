@@ -9,6 +9,7 @@ tensors, with the same operations in the same order. The network picks one when 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -71,13 +72,24 @@ def shift_in(first: Tensor, seq: Tensor) -> Tensor:
     return torch.cat([first.unsqueeze(-2), seq[..., :-1, :]], dim=-2)
 
 
+class EngineNotice(UserWarning):
+    """The fused engine was asked for and the eager one runs: said once per reason and process."""
+
+
 def choose(requested: str, like: Tensor, products_are_reads: bool, recurrent: bool) -> Engine:
     """Fused where kernels can run what the eager loop does (CPU tensors, and a recurrent layer's y H a
-    plain product, not a noisy tile read); eager on CUDA, for analog recurrent layers, and when asked."""
+    plain product, not a noisy tile read); eager on CUDA, for analog recurrent layers, and when asked.
+    When the request is overruled, one line says why (an `EngineNotice`)."""
     from .eager import EagerEngine
 
-    if requested == "fused" and like.device.type == "cpu" and (products_are_reads or not recurrent):
-        from .fused import FusedEngine
+    if requested == "fused":
+        if like.device.type != "cpu":
+            why = f"the fused kernels run on CPU tensors, and this network is on {like.device.type}"
+        elif recurrent and not products_are_reads:
+            why = "the recurrent products are reads of an analog tile (with its noise), which the kernels do not run"
+        else:
+            from .fused import FusedEngine
 
-        return FusedEngine()
+            return FusedEngine()
+        warnings.warn(f"train.engine: eager, not fused: {why}", EngineNotice, stacklevel=2)
     return EagerEngine()

@@ -3,7 +3,7 @@
 Config validation reads this registry, not a fixed list of names, so a rule or a task
 registered here is valid wherever a built-in one is: `rule.name`, `data.task`, `model.neuron`,
 a sweep's axes, the CLI. The built-in rules, tasks and neurons register themselves in the
-modules that define them (`imc_osttp.rules`, `imc_osttp.data`, `imc_osttp.neurons`), exactly
+modules that define them (`imc_osttp.rules`, `imc_osttp.data`, `imc_osttp.neurons.snu`, `.alif`), exactly
 as a plugin does.
 
 Two ways in:
@@ -38,7 +38,7 @@ from .errors import ConfigError, PluginError
 
 GROUP = "imc_osttp.plugins"
 # the modules that register the built-in rules and tasks (as pytest's own plugins are listed)
-BUILTINS = ("imc_osttp.rules.online", "imc_osttp.data", "imc_osttp.neurons")
+BUILTINS = ("imc_osttp.rules.online", "imc_osttp.data", "imc_osttp.neurons.snu", "imc_osttp.neurons.alif")
 
 TraceKind = Literal["exact", "factorised", "none"]
 # a learning signal: (net, chunk, readout error p - y*, target y*) -> g_l = L_l ⊙ ψ_l of every

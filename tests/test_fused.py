@@ -5,14 +5,16 @@ engine; and the engine is chosen once, when the network is built."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from imc_osttp.builder import build_network
 from imc_osttp.config import load_run_config
 from imc_osttp.data.batching import Batch
-from imc_osttp.engine import choose
-from imc_osttp.neurons import NEURONS
+from imc_osttp.engine import EngineNotice, choose
+from imc_osttp.registry import neuron_names
 from imc_osttp.rules import compute_update
 from imc_osttp.rules.online import CHUNK_STEPS
 
@@ -70,7 +72,7 @@ def one_update(network: str, rule: str, traces: str, timing: str, engine: str, d
     return grads, stats, net
 
 
-@pytest.mark.parametrize("neuron", list(NEURONS))
+@pytest.mark.parametrize("neuron", neuron_names())
 @pytest.mark.parametrize("network", list(NETWORKS))
 @pytest.mark.parametrize(("rule", "traces", "timing"), RULES)
 def test_fused_matches_eager_in_float64(neuron, network, rule, traces, timing):
@@ -86,7 +88,7 @@ def test_fused_matches_eager_in_float64(neuron, network, rule, traces, timing):
     assert fused_stats.loss_sum == pytest.approx(eager_stats.loss_sum, rel=1e-12)
 
 
-@pytest.mark.parametrize("neuron", list(NEURONS))
+@pytest.mark.parametrize("neuron", neuron_names())
 @pytest.mark.parametrize("network", list(NETWORKS))
 @pytest.mark.parametrize("rule", ["osttp", "bptt"])
 def test_fused_forward_is_bit_identical_in_float32(neuron, network, rule):
@@ -120,11 +122,15 @@ def test_the_engine_is_chosen_once_when_the_network_is_built():
     """Fused on CPU tensors; eager when asked, on other devices, and for recurrent layers on analog tiles
     (a tile's y H is a noisy read per step, not a plain product the kernel could compute)."""
     cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")
-    assert choose("fused", cpu, products_are_reads=True, recurrent=True).name == "fused"
-    assert choose("fused", cpu, products_are_reads=False, recurrent=False).name == "fused"
-    assert choose("fused", cpu, products_are_reads=False, recurrent=True).name == "eager"
-    assert choose("eager", cpu, products_are_reads=True, recurrent=False).name == "eager"
-    assert choose("fused", meta, products_are_reads=True, recurrent=False).name == "eager"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no notice where the request is kept
+        assert choose("fused", cpu, products_are_reads=True, recurrent=True).name == "fused"
+        assert choose("fused", cpu, products_are_reads=False, recurrent=False).name == "fused"
+        assert choose("eager", cpu, products_are_reads=True, recurrent=False).name == "eager"
+    with pytest.warns(EngineNotice, match="eager, not fused: the recurrent products are reads of an analog tile"):
+        assert choose("fused", cpu, products_are_reads=False, recurrent=True).name == "eager"
+    with pytest.warns(EngineNotice, match="eager, not fused: the fused kernels run on CPU tensors, .* on meta"):
+        assert choose("fused", meta, products_are_reads=True, recurrent=False).name == "eager"
     pytest.importorskip("aihwkit")
     analog = {"kind": "analog", "device_config": "ideal", "feedback_config": "ideal"}
     for network, engine in (("recurrent", "eager"), ("feedforward", "fused")):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..layers import LayerSpec
+from ..registry import register_neuron
 from .base import Neuron, elementwise
 from .snu import membrane
 
@@ -73,3 +74,5 @@ def current_grad(p):  # noqa: ANN001, ANN201
 
 
 ALIF = Neuron("alif", ("v", "a"), params, step, jacobian, spike_grad, current_grad)
+
+register_neuron(ALIF)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..layers import LayerSpec
+from ..registry import register_neuron
 from .base import Neuron, elementwise
 
 
@@ -64,3 +65,5 @@ def spike_grad(p):  # noqa: ANN001, ANN201
 
 
 SNU = Neuron("snu", ("s",), params, step, jacobian, spike_grad, spike_grad)  # d arg/ds = ds/dcur = 1
+
+register_neuron(SNU)
