@@ -5,11 +5,13 @@ step) per measurement, each (rule, depth, T) in a fresh process so that its peak
 is its own. Prints a Markdown table. `--network shd` measures the SHD layer instead
 (700 → 450 recurrent soft-reset SNUs → 20 leaky integrators, shd_rules.yaml's model, random
 spikes at 0.1 per channel and step). `--engine eager` runs the reference time loop instead
-of the compiled one (`train.engine`). Usage:
+of the compiled one (`train.engine`). `--neuron alif` uses e-prop's adaptive LIF neurons
+(model.neuron, at their default settings) in place of SNUs. Usage:
 
     .venv/bin/python benchmarks/bench_rules.py [--lengths 128 1024 8192] [--depths 1 2 4]
                                                [--device cpu|cuda] [--threads 1]
                                                [--engine fused|eager] [--network jsb|shd]
+                                               [--neuron snu|alif]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ SHD_MODEL = ["data.task=shd", "model.recurrent=true", "model.reset=soft", "model
 
 
 def measure(rule: str, traces: str, depth: int, T: int, batch: int, device: str, threads: int,
-            repeats: int, engine: str = "fused", network: str = "jsb") -> dict:
+            repeats: int, engine: str = "fused", network: str = "jsb", neuron: str = "snu") -> dict:
     """Runs in the child process."""
     import torch
 
@@ -44,7 +46,8 @@ def measure(rule: str, traces: str, depth: int, T: int, batch: int, device: str,
     from imc_osttp.data.synthetic import synthetic_jsb
     from imc_osttp.rules import compute_update
 
-    common = [f"rule.name={rule}", f"rule.traces={traces}", f"train.device={device}", f"train.engine={engine}"]
+    common = [f"rule.name={rule}", f"rule.traces={traces}", f"train.device={device}", f"train.engine={engine}",
+              f"model.neuron={neuron}"]
     if network == "shd":
         cfg = load_run_config(None, common + [f"model.hidden={[450] * depth}"] + SHD_MODEL)
         g = torch.Generator().manual_seed(0)
@@ -107,17 +110,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--engine", choices=["fused", "eager"], default="fused")
     ap.add_argument("--network", choices=["jsb", "shd"], default="jsb")
+    ap.add_argument("--neuron", choices=["snu", "alif"], default="snu")
     ap.add_argument("--child", nargs=4, metavar=("RULE", "TRACES", "DEPTH", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         rule, traces, depth, T = args.child
         print(json.dumps(measure(rule, traces, int(depth), int(T), args.batch, args.device, args.threads,
-                                 args.repeats, args.engine, args.network)))
+                                 args.repeats, args.engine, args.network, args.neuron)))
         return
     if args.engine == "fused":
         print(compile_times())
-    print(f"{args.network} network, {args.engine} engine, batch {args.batch}, device {args.device}, "
-          f"{args.threads} thread(s); median of {args.repeats} updates after a warm-up; "
+    print(f"{args.network} network, {args.neuron} neurons, {args.engine} engine, batch {args.batch}, "
+          f"device {args.device}, {args.threads} thread(s); median of {args.repeats} updates after a warm-up; "
           "peak memory = growth of peak RSS during the update (CPU) or peak allocated (GPU)\n")
     print("| rule | traces | layers | T | sample-steps/s | s per update | peak MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -127,7 +131,7 @@ def main() -> None:
                 out = subprocess.run([sys.executable, __file__, "--child", rule, traces, str(depth), str(T),
                                       "--batch", str(args.batch), "--device", args.device, "--threads",
                                       str(args.threads), "--repeats", str(args.repeats),
-                                      "--engine", args.engine, "--network", args.network],
+                                      "--engine", args.engine, "--network", args.network, "--neuron", args.neuron],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"| {r['rule']} | {r['traces']} | {depth} | {T} | {r['sample_steps_per_s']:,.0f} | "

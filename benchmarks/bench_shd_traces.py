@@ -36,7 +36,7 @@ import torch
 from imc_osttp.backends.base import Accumulator
 from imc_osttp.builder import build_network
 from imc_osttp.data.batching import Batch
-from imc_osttp.layers import LayerSpec
+from imc_osttp.network import SNUNet
 from imc_osttp.pipeline.spec import load_spec
 from imc_osttp.rules import compute_update
 from imc_osttp.rules.online import CHUNK_STEPS
@@ -73,39 +73,38 @@ def copy_bandwidth(device: torch.device, mib: int, repeats: int) -> float:
     return 2 * src.numel() * 4 / seconds
 
 
-def make_traces(m: int, n: int, batch: int, like: torch.Tensor) -> tuple[ExactTraces, Accumulator]:
-    acc = Accumulator({"W1": torch.Size((m, n)), "H1": torch.Size((n, n))}, like)
-    layer = LayerSpec(1, n, recurrent=True, reset="soft", decay=0.95)  # the SHD layer
-    return ExactTraces(layer, batch, like, acc), acc
-
-
-def chunk_inputs(m: int, n: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype):
-    g = torch.Generator(device=device).manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=g, device=device, dtype=dtype)
-
-    D, c = 0.9 + 0.1 * rand(batch, steps, n), rand(batch, steps, n)
-    x, y_prev = (rand(batch, steps, m) < 0.05).to(dtype), (rand(batch, steps, n) < 0.1).to(dtype)
-    return D, c, x, y_prev, rand(batch, steps, n)
+def shd_network(m: int, n: int, device: torch.device, dtype: torch.dtype) -> SNUNet:
+    """shd_rules.yaml's OSTTP network (exact traces) with m inputs and n recurrent units."""
+    cfg = load_spec(STUDY).run_config("osttp", 0)
+    train = cfg.train.model_copy(update={"device": str(device), "dtype": str(dtype).removeprefix("torch.")})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"hidden": n}), "train": train})
+    return build_network(cfg, m, SHD_CLASSES)
 
 
 def regime_time(m: int, n: int, batch: int, steps: int, carry: bool, device: torch.device, dtype: torch.dtype,
                 repeats: int) -> float:
-    """Seconds per step of one `advance` over a chunk of `steps` steps (W1 and H1), flush included.
+    """Seconds per step of one `advance` over a chunk of `steps` steps (W1 and H1), flush included: the
+    chunk is the network's own, on spikes at 0.05 per input and step, with a random learning signal.
 
     With `carry` the traces are already held (a later chunk) and are carried on; without, the
     chunk is a whole sequence and starts from zero traces."""
-    like = torch.zeros(batch, m, device=device, dtype=dtype)
-    D, c, x, y_prev, signal = chunk_inputs(m, n, batch, steps, device, dtype)
-    traces, acc = make_traces(m, n, batch, like)
+    net = shd_network(m, n, device, dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = (torch.rand(batch, steps, m, generator=g, device=device, dtype=dtype) < 0.05).to(dtype)
+    signal = torch.rand(batch, steps, n, generator=g, device=device, dtype=dtype)
+    with torch.no_grad():
+        before = net.init_state(batch, x)
+        chunk, _ = net.run(x, before)
+    acc = Accumulator({"W1": torch.Size((m, n)), "H1": torch.Size((n, n))}, x)
+    traces = ExactTraces(net, net.layers[0], batch, x, acc)
+    layer_chunk, layer_before = chunk.layers[0], before.layers[0]
     if carry:
-        traces.advance(D, c, x, y_prev, signal, carry=True)  # now the traces are held
+        traces.advance(layer_chunk, layer_before, signal, carry=True)  # now the traces are held
 
     def one_chunk() -> None:
         if not carry:
             traces.eps = dict.fromkeys(traces.eps)
-        traces.advance(D, c, x, y_prev, signal, carry=carry)
+        traces.advance(layer_chunk, layer_before, signal, carry=carry)
         for name in ("W1", "H1"):
             acc.flush(name)
 

@@ -4,8 +4,8 @@ The cosine between a rule's update and the true gradient is the standard
 diagnostic of feedback-alignment methods (~1 for OSTL on one feed-forward
 layer, lower for OSTL-rnd, DRTP and OSTTP), reported per parameter of every
 layer. `dump` writes everything a reader needs to check a rule against their
-own BPTT: parameters, feedback matrices B_l, the batch, the layers and every
-rule's update.
+own BPTT: parameters, feedback matrices B_l, the batch, the neuron model and its
+settings, the layers and every rule's update.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ def dump(directory: Path, cfg: RunConfig, net: SNUNet, batch: Batch,
              **{f"B{layer.index}": b.numpy() for layer, b in zip(net.layers, net.split(B), strict=True)})
     np.savez(directory / "batch.npz", x=batch.x.cpu().numpy(), y=batch.y.cpu().numpy(),
              lengths=batch.lengths.cpu().numpy())
-    meta = {"reset": cfg.model.reset, "decay": cfg.model.decay, "surrogate": cfg.model.surrogate,
-            "readout": cfg.model.readout, "tau": cfg.model.tau, "traces": cfg.rule.traces,
+    neuron = cfg.model.neuron  # with its own settings, e.g. {"alif": {"beta": …, "decay": …}}
+    own = {neuron: dict(net.layers[0].neuron_params)} if net.layers[0].neuron_params else {}
+    meta = {"neuron": neuron, **own, "reset": cfg.model.reset, "decay": cfg.model.decay,
+            "surrogate": cfg.model.surrogate, "readout": cfg.model.readout, "tau": cfg.model.tau,
+            "traces": cfg.rule.traces,
             "recurrent": cfg.model.recurrent, "train_threshold": cfg.model.train_threshold,
             "layers": [layer.meta() for layer in net.layers],
             "loss": "sum over valid steps of BCE summed over outputs (sigmoid) or CE (leaky), mean over batch"}

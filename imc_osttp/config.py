@@ -42,6 +42,7 @@ def _registered(names: Callable[[], tuple[str, ...]]) -> AfterValidator:
 
 RuleName = Annotated[str, _registered(registry.rule_names)]
 TaskName = Annotated[str, _registered(registry.task_names)]
+NeuronName = Annotated[str, _registered(registry.neuron_names)]
 
 
 class _Strict(BaseModel):
@@ -66,8 +67,24 @@ Decay = Annotated[float, Field(ge=0.0, le=1.0)]
 Width = Annotated[int, Field(ge=1)]
 
 
+class ALIFConfig(_Strict):
+    """The adaptive threshold b + β a^t of `neuron: alif`, a^t = decay · a^{t-1} + y^{t-1} (imc_osttp/neurons/alif.py).
+
+    Defaults from e-prop's TIMIT network (Bellec et al. 2020, Nat. Commun. 11:3625; its code's flags
+    tau_a = 200 ms, tau_v = 20 ms, beta = 1.8, thr = 0.01, rescaled there to beta 0.184 and threshold
+    0.205 for a membrane without the (1 - alpha) input factor, as ours): a spike raises the threshold by
+    0.9 of its baseline (β = 0.45 at threshold_init 0.5), and the adaptation lasts 10 membrane time
+    constants (decay 0.6^(1/10) = 0.95 at the default model.decay 0.6). Set both for another time step."""
+
+    beta: float = Field(0.45, ge=0)
+    decay: Decay = 0.95
+
+
 class ModelConfig(_Strict):
-    """L hidden SNU layers and their readout (SPEC §1, §6).
+    """L hidden layers of spiking neurons and their readout (SPEC §1, §6).
+
+    `neuron` names the model of every hidden unit (imc_osttp/neurons): the SNU, or e-prop's adaptive
+    LIF, whose own settings are the section of its name (`alif`).
 
     `hidden` is one width or a list of widths, one per layer; `recurrent`, `reset` and `decay`
     take one value for every layer or a list with one value per layer. An int `hidden` is the
@@ -75,6 +92,8 @@ class ModelConfig(_Strict):
     """
 
     hidden: Width | Annotated[list[Width], Field(min_length=1)] = 150
+    neuron: NeuronName = "snu"  # a registered neuron (imc_osttp.registry): snu, alif or a plugin's
+    alif: ALIFConfig = ALIFConfig()
     recurrent: bool | list[bool] = False
     reset: Reset | list[Reset] = "full"
     decay: Decay | list[Decay] = 0.6
@@ -100,7 +119,9 @@ class ModelConfig(_Strict):
         return list(value) if isinstance(value, list) else [value] * self.depth
 
     def layers(self) -> list[LayerSpec]:
-        return [LayerSpec(i + 1, n, rec, reset, decay) for i, (n, rec, reset, decay) in enumerate(
+        section = getattr(self, self.neuron, None)
+        own = tuple(section.model_dump().items()) if isinstance(section, BaseModel) else ()
+        return [LayerSpec(i + 1, n, rec, reset, decay, self.neuron, own) for i, (n, rec, reset, decay) in enumerate(
             zip(self.widths, *(self.per_layer(f) for f in PER_LAYER), strict=True))]
 
     @model_validator(mode="after")
@@ -183,10 +204,10 @@ class RunConfig(_Strict):
 
     name: str = "run"
     seed: int = 0
-    # built on first use, not at import: validating a rule or task name reads the registry, whose
+    # built on first use, not at import: validating a rule, task or neuron name reads the registry, whose
     # built-ins import modules that import this one
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     rule: RuleConfig = Field(default_factory=RuleConfig)
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()

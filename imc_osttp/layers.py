@@ -16,13 +16,15 @@ Reset = Literal["full", "soft"]
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One hidden SNU layer: its place in the stack and its dynamics."""
+    """One hidden layer: its place in the stack and its dynamics (a neuron model of imc_osttp.neurons)."""
 
     index: int  # 1-based, as in the paper's eqs. 7, 10, 11
     n: int
     recurrent: bool
     reset: Reset
     decay: float
+    neuron: str = "snu"
+    neuron_params: tuple[tuple[str, float], ...] = ()  # the model's own settings (e.g. ALIF's beta, decay)
 
     @property
     def W(self) -> str:

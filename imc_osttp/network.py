@@ -1,4 +1,5 @@
-"""The SNU network: L hidden layers, the readout, the fixed feedback matrices B_l, and time steps.
+"""The spiking network: L hidden layers of a neuron model, the readout, the fixed feedback matrices B_l,
+and time steps.
 
 Parameters follow SPEC's row-vector convention, per hidden layer l (`layers.py`):
 W{l} [n_{l-1}, n_l], H{l} [n_l, n_l] (recurrent only), b{l} [n_l]; the readout is
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import fused
+from . import registry
 from .backends.base import Backend
 from .config import ModelConfig, RunConfig
+from .engine import Dynamics, Engine, TraceChunk, choose
 from .layers import LayerSpec, readout_names
 from .layers import param_names as layer_param_names
-from .neuron import SURROGATES, jacobian_diag, membrane, spike
+from .neurons.surrogates import SURROGATES
 from .readout import Readout, ReadoutChunk, ReadoutState, make_readout
 
 
@@ -79,9 +81,9 @@ def init_feedback(k: int, widths: int | list[int], scale: float, generator: torc
 
 @dataclass
 class LayerState:
-    """A hidden layer after a step: membrane, spikes, surrogate."""
+    """A hidden layer after a step: its neuron's state variables [k, B, n], spikes and surrogate [B, n]."""
 
-    s: Tensor
+    h: Tensor
     y: Tensor
     psi: Tensor
 
@@ -96,12 +98,21 @@ class StepState:
 
 @dataclass
 class LayerChunk:
-    """K steps of one hidden layer, batch first: [B, K, n_l]; `x` is the layer's input [B, K, n_{l-1}]."""
+    """K steps of one hidden layer, batch first: states [k, B, K, n_l], spikes and surrogates [B, K, n_l];
+    `x` is the layer's input [B, K, n_{l-1}]."""
 
     x: Tensor
-    s: Tensor
+    h: Tensor
     y: Tensor
     psi: Tensor
+
+    @property
+    def s(self) -> Tensor:
+        """The membrane [B, K, n_l] (the neuron's first state variable)."""
+        return self.h[0]
+
+    def last(self) -> LayerState:
+        return LayerState(self.h[:, :, -1], self.y[:, -1], self.psi[:, -1])
 
 
 @dataclass
@@ -117,7 +128,7 @@ class Chunk:
 
     @property
     def s(self) -> Tensor:
-        """The top hidden layer's (the only one's, for one layer): what the readout reads."""
+        """The top hidden layer's membrane (the only one's, for one layer)."""
         return self.layers[-1].s
 
     @property
@@ -135,13 +146,9 @@ class Chunk:
         return torch.cat([layer.y for layer in self.layers], -1)
 
 
-def shift_in(first: Tensor, seq: Tensor) -> Tensor:
-    """[first, seq_0, ..., seq_{K-2}]: the previous-step values of a chunk [B, K, n]."""
-    return torch.cat([first.unsqueeze(1), seq[:, :-1]], dim=1)
-
-
 class SNUNet:
-    """L hidden SNU layers and a readout, computing through a backend."""
+    """L hidden layers of spiking neurons (the SNU, or another model of imc_osttp.neurons) and a readout,
+    computing through a backend. The time loops run on the engine chosen when the network is built."""
 
     def __init__(self, cfg: ModelConfig, backend: Backend, n_in: int, n_out: int, engine: str = "fused") -> None:
         self.cfg = cfg
@@ -149,9 +156,12 @@ class SNUNet:
         self.n_in, self.n_out = n_in, n_out
         self.layers: list[LayerSpec] = cfg.layers()
         self.out_w, self.out_c = readout_names(len(self.layers))
-        self.fused = engine == "fused"
-        self.readout: Readout = make_readout(cfg.readout, cfg.tau, self.fused)
-        self.surrogate = SURROGATES[cfg.surrogate]
+        self.engine: Engine = choose(engine, backend.read(self.layers[0].b), backend.products_are_reads,
+                                     any(layer.recurrent for layer in self.layers))
+        self.readout: Readout = make_readout(cfg.readout, cfg.tau, self.engine)
+        neurons = [registry.neuron(layer.neuron) for layer in self.layers]
+        self.dynamics = [Dynamics(neuron, neuron.params(layer), SURROGATES[cfg.surrogate])
+                         for neuron, layer in zip(neurons, self.layers, strict=True)]
 
     @property
     def n_hidden(self) -> int:
@@ -162,75 +172,57 @@ class SNUNet:
         return self.n_in if layer.index == 1 else self.layers[layer.index - 2].n
 
     def init_state(self, batch: int, like: Tensor) -> StepState:
-        zeros = [like.new_zeros(batch, layer.n) for layer in self.layers]
-        return StepState([LayerState(z, z, z) for z in zeros],
-                         self.readout.init(batch, self.layers[-1].n, self.n_out, like))
+        states = [LayerState(like.new_zeros(dyn.neuron.k, batch, layer.n), like.new_zeros(batch, layer.n),
+                             like.new_zeros(batch, layer.n))
+                  for layer, dyn in zip(self.layers, self.dynamics, strict=True)]
+        return StepState(states, self.readout.init(batch, self.layers[-1].n, self.n_out, like))
 
     def _mvm(self, name: str, x: Tensor) -> Tensor:
         """x W for x [B, K, in], as one backend call on [B*K, in]."""
         B, K, _ = x.shape
         return self.backend.mvm(name, x.reshape(B * K, -1)).reshape(B, K, -1)
 
-    def _run_layer(self, layer: LayerSpec, x: Tensor, state: LayerState,
-                   differentiable: bool) -> tuple[LayerChunk, LayerState]:
-        """K steps of one layer. Only the membrane recursion loops over time; the input and
-        surrogate products are one batched call each for the whole chunk."""
+    def _run_layer(self, layer: LayerSpec, x: Tensor, state: LayerState, differentiable: bool) -> LayerChunk:
+        """K steps of one layer. Only the neuron's recursion loops over time; the input product is one
+        batched call for the whole chunk."""
         be = self.backend
-        b = be.read(layer.b)
-        if self._fuses(layer, x, b):
-            H = be.read(layer.H) if layer.recurrent else None
-            S_, Y_, psi = fused.snu_chunk(self._mvm(layer.W, x), state.s, state.y, b, H, layer.decay,
-                                          layer.reset, self.cfg.surrogate)
-            if not differentiable:
-                S_, Y_ = S_.detach(), Y_.detach()
-            return LayerChunk(x, S_, Y_, psi), LayerState(S_[:, -1], Y_[:, -1], psi[:, -1])
-        # unbind, not current[:, k]: autograd then adds one gradient per step instead of
-        # materialising a [B, K, n] zero tensor per step (quadratic in K for BPTT)
-        currents = self._mvm(layer.W, x).unbind(1)
-        s, y = state.s, state.y
-        S, Y = [], []
-        for i_x in currents:
-            i_k = i_x + be.mvm(layer.H, y) if layer.recurrent else i_x
-            s = membrane(i_k, s, y, b, layer.decay, layer.reset)
-            y = spike(s - b, self.cfg.surrogate) if differentiable else (s - b > 0).to(s.dtype)
-            S.append(s)
-            Y.append(y)
-        S_, Y_ = torch.stack(S, 1), torch.stack(Y, 1)
-        psi = self.surrogate(S_.detach() - b.detach())
-        return LayerChunk(x, S_, Y_, psi), LayerState(s, y, psi[:, -1])
-
-    def _fuses(self, layer: LayerSpec, x: Tensor, b: Tensor) -> bool:
-        """The compiled loop runs where it computes what the eager one does: on CPU tensors, and for a
-        recurrent layer only where y H is a plain product (an analog tile's read is noisy per call)."""
-        return (self.fused and fused.applies(x, b)
-                and (not layer.recurrent or self.backend.products_are_reads))
+        H = be.read(layer.H) if layer.recurrent else None
+        recur = (lambda y: be.mvm(layer.H, y)) if layer.recurrent else None
+        S, Y, psi = self.engine.layer(self.dynamics[layer.index - 1], self._mvm(layer.W, x), state,
+                                      be.read(layer.b), H, recur, differentiable)
+        return LayerChunk(x, S, Y, psi)
 
     def run(self, x: Tensor, state: StepState, differentiable: bool = False) -> tuple[Chunk, StepState]:
         """Advance K steps (x [B, K, m]), one layer after the other over the whole chunk: a layer
         reads only the layers below it at the same step, so this order keeps every step causal."""
-        chunks, states = [], []
+        chunks = []
         for layer, before in zip(self.layers, state.layers, strict=True):
-            chunk, after = self._run_layer(layer, x, before, differentiable)
+            chunk = self._run_layer(layer, x, before, differentiable)
             chunks.append(chunk)
-            states.append(after)
             x = chunk.y
         drive = self._mvm(self.out_w, x)
         if self.cfg.readout_bias:
             drive = drive + self.backend.read(self.out_c)
         ro, ro_state = self.readout.run(drive, x, state.readout)
-        return Chunk(chunks, ro), StepState(states, ro_state)
+        return Chunk(chunks, ro), StepState([chunk.last() for chunk in chunks], ro_state)
+
+    def _local(self, layer: LayerSpec) -> tuple[Dynamics, Tensor, Tensor | None]:
+        """The layer's neuron, threshold and recurrent self-weights diag(H) (None without H), as read now."""
+        b = self.backend.read(layer.b).detach()
+        hd = torch.diagonal(self.backend.read(layer.H)).detach() if layer.recurrent else None
+        return self.dynamics[layer.index - 1], b, hd
 
     def jacobian(self, layer: LayerSpec, chunk: LayerChunk, before: LayerState,
                  exact: bool) -> tuple[Tensor, Tensor]:
-        """(D^t, c^t) [B, K, n_l] of one layer for the traces of every step of the chunk (SPEC §2)."""
-        h_diag = torch.diagonal(self.backend.read(layer.H)) if layer.recurrent else None
-        b = self.backend.read(layer.b)
-        if self.fused and chunk.s.shape[1] > 1 and fused.applies(chunk.s, b):
-            return fused.jacobian(chunk.s, chunk.y, chunk.psi, before.s, before.y, before.psi, b.detach(),
-                                  None if h_diag is None else h_diag.detach(), layer.decay, layer.reset, exact)
-        return jacobian_diag(shift_in(before.s, chunk.s), shift_in(before.y, chunk.y),
-                             shift_in(before.psi, chunk.psi), b, layer.decay,
-                             layer.reset, h_diag, exact)
+        """The neuron's (J [k, k, B, K, n_l], c [k, B, K, n_l]) at every step of the chunk (SPEC §2)."""
+        dyn, b, hd = self._local(layer)
+        return self.engine.jacobian(dyn, chunk, before, b, hd, exact)
+
+    def trace_chunk(self, layer: LayerSpec, chunk: LayerChunk, before: LayerState, exact: bool, g: Tensor,
+                    eps_b: Tensor, carry: bool, held: bool) -> TraceChunk:
+        """The exact traces' per-unit recursions over the chunk (imc_osttp/rules/traces.py)."""
+        dyn, b, hd = self._local(layer)
+        return self.engine.traces(dyn, chunk, before, b, hd, exact, g, eps_b, carry, held)
 
     def split(self, stacked: Tensor) -> list[Tensor]:
         """[…, Σ n_l] → one [… , n_l] per layer (e.g. y* B into each y* B_l)."""

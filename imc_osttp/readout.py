@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import fused
+from .engine import Engine
 
 
 @dataclass
@@ -58,9 +58,9 @@ class SigmoidReadout:
 class LeakyReadout:
     """o^t = tau o^{t-1} + y^t W2 (+ c); loss = CE(softmax(o^t), label) at every step (SHD)."""
 
-    def __init__(self, tau: float, compiled: bool = False) -> None:
+    def __init__(self, tau: float, engine: Engine) -> None:
         self.tau = tau
-        self.compiled = compiled  # the integrators as fused kernels (imc_osttp/fused.py) on the CPU
+        self.engine = engine
 
     def init(self, batch: int, n: int, k: int, like: Tensor) -> ReadoutState:
         return ReadoutState(like.new_zeros(batch, k), like.new_zeros(batch, n), like.new_zeros(batch, 1))
@@ -68,20 +68,10 @@ class LeakyReadout:
     def run(self, drive: Tensor, y: Tensor, state: ReadoutState) -> tuple[ReadoutChunk, ReadoutState]:
         assert state.potential is not None
         o, ybar, cbar = state.potential, state.trace, state.bias_trace
-        if self.compiled and fused.applies(drive, y):
-            chunk = ReadoutChunk(fused.linear_scan(o, drive, self.tau), fused.linear_scan(ybar, y, self.tau),
-                                 fused.scan(cbar, self.tau, torch.ones_like(drive[..., :1])))
-            return chunk, ReadoutState(chunk.logits[:, -1], chunk.trace[:, -1], chunk.bias_trace[:, -1])
-        outs, ybars, cbars = [], [], []
-        for d_k, y_k in zip(drive.unbind(1), y.unbind(1), strict=True):  # unbind: linear-time BPTT
-            o = self.tau * o + d_k
-            ybar = self.tau * ybar + y_k
-            cbar = self.tau * cbar + 1.0
-            outs.append(o)
-            ybars.append(ybar)
-            cbars.append(cbar)
-        chunk = ReadoutChunk(torch.stack(outs, 1), torch.stack(ybars, 1), torch.stack(cbars, 1))
-        return chunk, ReadoutState(o, ybar, cbar)
+        engine = self.engine
+        chunk = ReadoutChunk(engine.linear_scan(o, drive, self.tau), engine.linear_scan(ybar, y, self.tau),
+                             engine.scan(cbar, self.tau, torch.ones_like(drive[..., :1])))
+        return chunk, ReadoutState(chunk.logits[:, -1], chunk.trace[:, -1], chunk.bias_trace[:, -1])
 
     @staticmethod
     def loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -96,5 +86,5 @@ class LeakyReadout:
 Readout = SigmoidReadout | LeakyReadout
 
 
-def make_readout(kind: str, tau: float, compiled: bool = False) -> Readout:
-    return SigmoidReadout() if kind == "sigmoid" else LeakyReadout(tau, compiled)
+def make_readout(kind: str, tau: float, engine: Engine) -> Readout:
+    return SigmoidReadout() if kind == "sigmoid" else LeakyReadout(tau, engine)

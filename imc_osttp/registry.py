@@ -1,13 +1,14 @@
-"""Plugins: learning rules, tasks and device-configuration folders, registered by name.
+"""Plugins: learning rules, tasks, neuron models and device-configuration folders, registered by name.
 
 Config validation reads this registry, not a fixed list of names, so a rule or a task
-registered here is valid wherever a built-in one is: `rule.name`, `data.task`, a sweep's
-rule axis, the CLI. The built-in rules and tasks register themselves in the modules that
-define them (`imc_osttp.rules`, `imc_osttp.data`), exactly as a plugin does.
+registered here is valid wherever a built-in one is: `rule.name`, `data.task`, `model.neuron`,
+a sweep's axes, the CLI. The built-in rules, tasks and neurons register themselves in the
+modules that define them (`imc_osttp.rules`, `imc_osttp.data`, `imc_osttp.neurons.snu`, `.alif`), exactly
+as a plugin does.
 
 Two ways in:
 
-- user code calls `register_rule`, `register_task` or `register_device_configs`
+- user code calls `register_rule`, `register_task`, `register_neuron` or `register_device_configs`
   (also exported as `imc_osttp.register_rule`, ...) before it builds a config;
 - an installed package declares an entry point in the group `imc_osttp.plugins`,
   the convention of pytest's `pytest11` and MLflow's plugin groups:
@@ -37,7 +38,7 @@ from .errors import ConfigError, PluginError
 
 GROUP = "imc_osttp.plugins"
 # the modules that register the built-in rules and tasks (as pytest's own plugins are listed)
-BUILTINS = ("imc_osttp.rules.online", "imc_osttp.data")
+BUILTINS = ("imc_osttp.rules.online", "imc_osttp.data", "imc_osttp.neurons.snu", "imc_osttp.neurons.alif")
 
 TraceKind = Literal["exact", "factorised", "none"]
 # a learning signal: (net, chunk, readout error p - y*, target y*) -> g_l = L_l ⊙ ψ_l of every
@@ -72,12 +73,13 @@ class Task:
 class _Registry:
     rules: dict[str, Rule]
     tasks: dict[str, Task]
+    neurons: dict[str, Any]  # name -> imc_osttp.neurons.base.Neuron
     device_configs: list[Path]  # folders of YAML files, or single files
     builtins_loaded: bool = False
     plugins_loaded: bool = False
 
 
-_REGISTRY = _Registry({}, {}, [])
+_REGISTRY = _Registry({}, {}, {}, [])
 
 
 def register_rule(name: str, signal: Signal | None, traces: TraceKind | None = None) -> None:
@@ -96,6 +98,16 @@ def register_task(name: str, load: Callable[[Any], Any], readout: str | None = N
     if not callable(load):
         raise PluginError(f"task '{name}': its loader must be callable, got {load!r}")
     _add(_REGISTRY.tasks, Task(name, load, readout), "task")
+
+
+def register_neuron(neuron: Any) -> None:
+    """Add a neuron model (an `imc_osttp.neurons.base.Neuron`: its step, Jacobian and gradients written
+    once, run by both engines); `model.neuron: <its name>` selects it."""
+    from .neurons.base import Neuron
+
+    if not isinstance(neuron, Neuron):
+        raise PluginError(f"neuron {neuron!r}: expected an imc_osttp.neurons.base.Neuron")
+    _add(_REGISTRY.neurons, neuron, "neuron")
 
 
 def register_device_configs(path: str | Path) -> None:
@@ -119,6 +131,11 @@ def task(name: str) -> Task:
     return _get(_read().tasks, name, "task")
 
 
+def neuron(name: str) -> Any:
+    """The registered neuron model `name`."""
+    return _get(_read().neurons, name, "neuron")
+
+
 def rule_names() -> tuple[str, ...]:
     """Every registered rule, built-in ones first."""
     return tuple(_read().rules)
@@ -129,12 +146,17 @@ def task_names() -> tuple[str, ...]:
     return tuple(_read().tasks)
 
 
+def neuron_names() -> tuple[str, ...]:
+    """Every registered neuron model, built-in ones first."""
+    return tuple(_read().neurons)
+
+
 def device_config_paths() -> list[Path]:
     """Folders (or files) of device configurations that plugins added."""
     return list(_read().device_configs)
 
 
-def _add(table: dict[str, Any], entry: Rule | Task, kind: str) -> None:
+def _add(table: dict[str, Any], entry: Any, kind: str) -> None:
     _builtins()
     if not entry.name or not entry.name.replace("_", "").isalnum():
         raise PluginError(f"{kind} name {entry.name!r}: use letters, digits and '_'")

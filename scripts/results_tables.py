@@ -318,7 +318,7 @@ def mitigations_table(name: str) -> str:
 TABLES: dict[str, Callable[[], str]] = {
     **{name: (lambda name=name: study_table(name)) for name in
        ("jsb_rules", "jsb_deep", "jsb_deep_analog", "jsb_analog", "jsb_drift", "fsdd_rules", "fsdd_deep",
-        "fsdd_analog")},
+        "fsdd_analog", "fsdd_alif")},
     "fsdd_rules_20_epochs": lambda: early_table("fsdd_rules", 20),
     "jsb_deploy": lambda: deploy_table("jsb_deploy"),
     "jsb_deploy_no_restart": lambda: deploy_table("jsb_deploy_no_restart"),

@@ -19,7 +19,7 @@ from imc_osttp.builder import build_network
 from imc_osttp.config import load_run_config
 from imc_osttp.data.batching import collate
 from imc_osttp.errors import ConfigError
-from imc_osttp.neuron import membrane, spike
+from imc_osttp.neurons.surrogates import spike
 from imc_osttp.rules import compute_update
 
 M, K = 10, 8
@@ -60,7 +60,10 @@ def reference_loss(cfg, params: dict[str, torch.Tensor], batch, detach_above: in
             if layer.recurrent:
                 current = current + y_prev @ params[layer.H]
             b = params[layer.b]
-            s[i] = membrane(current, s_prev, y_prev, b, layer.decay, layer.reset)
+            if layer.reset == "full":
+                s[i] = current + layer.decay * s_prev * (1 - y_prev)
+            else:
+                s[i] = current + layer.decay * s_prev - y_prev * b
             y[i] = inp = spike(s[i] - b, cfg.model.surrogate)
         bce = F.binary_cross_entropy_with_logits(inp @ out + bias, batch.y[:, t], reduction="none").sum(-1)
         loss = loss + (bce * batch.mask[:, t]).sum()
@@ -124,7 +127,7 @@ def test_bptt_equals_finite_differences(reset, recurrent, monkeypatch):
     """With the Heaviside replaced by a smooth function whose derivative is the surrogate, BPTT through
     both layers and time is the derivative of the loss: every parameter against central differences.
     The eager loop (the reference that tests/test_fused.py holds the compiled one to) calls `spike`."""
-    monkeypatch.setattr("imc_osttp.network.spike", _smooth_spike)
+    monkeypatch.setattr("imc_osttp.eager.spike", _smooth_spike)
     batch = make_batch(3, lengths=(5, 4))
     cfg, net = network("bptt", f"model.reset={reset}", f"model.recurrent={recurrent}", "train.engine=eager",
                        widths=[4, 3])
@@ -284,17 +287,19 @@ def test_bad_depth_configs_are_one_clear_error(override, message):
 # ---------------------------------------------------------------------------------------- analog
 
 
-@pytest.mark.parametrize("rule,traces", [("osttp", "exact"), ("osttp", "factorised"), ("ostl", "exact"),
-                                         ("bptt", "exact")])
-def test_ideal_tiles_reproduce_digital_updates_of_two_layers(rule, traces):
+@pytest.mark.parametrize("neuron,rule,traces", [("snu", "osttp", "exact"), ("snu", "osttp", "factorised"),
+                                                ("snu", "ostl", "exact"), ("snu", "bptt", "exact"),
+                                                ("alif", "osttp", "exact"), ("alif", "osttp", "factorised"),
+                                                ("alif", "drtp", "exact"), ("alif", "bptt", "exact")])
+def test_ideal_tiles_reproduce_digital_updates_of_two_layers(neuron, rule, traces):
     """Every W_l and H_l on its own tile, the stacked B_l on one programmed tile: with ideal devices two
-    passes of updates land where the digital backend's do."""
+    passes of updates land where the digital backend's do, for every neuron model."""
     pytest.importorskip("aihwkit")
     from imc_osttp.backends.analog import AnalogBackend
     from imc_osttp.data.batching import batches
     from imc_osttp.data.synthetic import synthetic_jsb
 
-    overrides = [f"rule.name={rule}", f"rule.traces={traces}", "model.hidden=[12, 9]",
+    overrides = [f"rule.name={rule}", f"rule.traces={traces}", "model.hidden=[12, 9]", f"model.neuron={neuron}",
                  "model.recurrent=[true, false]", "optim.lr=0.05", "data.task=synthetic",
                  "model.threshold_init=0.1", "model.init_gain=3.0"]
     nets = {}

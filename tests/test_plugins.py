@@ -34,7 +34,7 @@ def clean_registry(monkeypatch):
     """Registrations made by a test vanish with it."""
     reg = registry._read()
     monkeypatch.setattr(registry, "_REGISTRY", registry._Registry(
-        dict(reg.rules), dict(reg.tasks), list(reg.device_configs), True, True))
+        dict(reg.rules), dict(reg.tasks), dict(reg.neurons), list(reg.device_configs), True, True))
 
 
 def zero_signal(net, chunk, err, target):

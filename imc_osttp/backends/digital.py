@@ -50,7 +50,7 @@ class DigitalBackend:
         return blas.linear(d, self.params[name].transpose(0, 1))
 
     def feedback(self, target: Tensor) -> Tensor:
-        return blas.mm(target, self.B)
+        return blas.linear(target, self.B)  # the target is sparse spikes (events)
 
     def feedback_matrix(self) -> Tensor:
         return self.B

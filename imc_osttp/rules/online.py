@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import registry
 from ..config import RuleConfig
 from ..data.batching import Batch
-from ..network import Chunk, SNUNet, shift_in
+from ..network import Chunk, SNUNet
 from ..registry import register_rule
 from .traces import make_traces
 
@@ -87,8 +87,7 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
     acc = be.accumulator()
     signal = registry.rule(rule.name).signal
     kind = trace_kind(rule)
-    traces = [make_traces(kind, layer, net.fan_in(layer), batch.size, batch.x, acc, net.fused)
-              for layer in net.layers]
+    traces = [make_traces(kind, net, layer, batch.size, batch.x, acc) for layer in net.layers]
     state = net.init_state(batch.size, batch.x)
     per_step = rule.update_timing == "step"
     K = 1 if per_step else CHUNK_STEPS
@@ -103,10 +102,8 @@ def online_update(rule: RuleConfig, net: SNUNet, batch: Batch):
         err = net.readout.error(chunk.logits, y_star) * mask
         gs = signal(net, chunk, err, y_star * mask)
         carry = t0 + K < batch.x.shape[1]
-        for layer, tr, lc, lb, g in zip(net.layers, traces, chunk.layers, before.layers, gs, strict=True):
-            D, c = net.jacobian(layer, lc, lb, exact=kind == "exact")
-            y_prev = shift_in(lb.y, lc.y) if layer.recurrent else None  # H's input only
-            tr.advance(D, c, lc.x, y_prev, g, carry=carry)
+        for tr, lc, lb, g in zip(traces, chunk.layers, before.layers, gs, strict=True):
+            tr.advance(lc, lb, g, carry=carry)
         if net.out_w in acc:
             acc.add_outer(net.out_w, chunk.readout.trace.flatten(0, 1), err.flatten(0, 1))
         if net.out_c in acc:
