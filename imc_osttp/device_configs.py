@@ -74,6 +74,20 @@ class ProgramSpec(_Strict):
     """When a programmed (never updated) tile is read, for drift."""
 
     drift_time: float = Field(0.0, ge=0)  # seconds between programming and use; 0: no drift
+    # the array ages with the chip clock (backend.time_per_update, deployment): at every clock step it is
+    # drifted to drift_time + the chip time since programming (its noise model's drift, 1/f noise, compensation)
+    follow_clock: bool = False
+
+
+class DriftModelSpec(_Strict):
+    """A measured chip's conductance-dependent drift exponent for the trainable devices: whenever a write
+    restarts a device's drift clock, its ν is drawn anew from the chip's ν(G) distribution at the device's
+    new conductance (aihwkit's pulsed devices draw ν once per device, independent of G)."""
+
+    model: Literal["hermes"] = "hermes"  # aihwkit's HermesNoiseModel.generate_drift_coefficients
+    num_devices: Literal[1, 2] = 1  # which of its fits: 1 = one device (each device is simulated on its own)
+    # the device conductance mapped to the model's g_max; default: the device's upper bound w_max
+    g_max: float | None = Field(None, gt=0)
 
 
 class DeviceSpec(_Strict):
@@ -85,6 +99,7 @@ class DeviceSpec(_Strict):
     baseline: float | None = Field(None, ge=0)
     writer: WriterSpec = WriterSpec()
     program: ProgramSpec = ProgramSpec()
+    drift: DriftModelSpec | None = None
 
 
 def available() -> list[str]:

@@ -55,14 +55,14 @@ def device_tree(rpu: Any) -> Iterator[Any]:
             stack.append(inner)
 
 
-def _pulsed(rpu: Any) -> list[Any]:
+def pulsed_devices(rpu: Any) -> list[Any]:
     from aihwkit.simulator.configs.devices import PulsedDevice
 
     return [d for d in device_tree(rpu) if isinstance(d, PulsedDevice)]
 
 
-def _drifts(rpu: Any) -> list[Any]:
-    return [d.drift for d in _pulsed(rpu) if getattr(d, "drift", None) is not None]
+def drift_parameters(rpu: Any) -> list[Any]:
+    return [d.drift for d in pulsed_devices(rpu) if getattr(d, "drift", None) is not None]
 
 
 def _cells(rpu: Any) -> list[Any]:
@@ -132,7 +132,7 @@ class Knob:
 
 
 def _device(name: str, doc: str, ideal: float | None, minimum: float | None = 0.0) -> Knob:
-    return Knob(name, doc, "device", _pulsed, name, ideal, minimum=minimum)
+    return Knob(name, doc, "device", pulsed_devices, name, ideal, minimum=minimum)
 
 
 KNOBS: dict[str, Knob] = {k.name: k for k in [
@@ -147,11 +147,16 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     _device("w_min_dtod", "device-to-device variation of the lower bound", 0.0),
     _device("write_noise_std", "write noise, in units of dw_min (devices that model it)", 0.0),
     Knob("drift_nu", "drift exponent nu of every pulsed device (acts when the tile is drifted: "
-         "backend.time_per_update)", "device", _drifts, "nu", 0.0),
-    Knob("drift_nu_dtod", "device-to-device spread of nu (relative)", "device", _drifts, "nu_dtod", 0.0),
-    Knob("drift_nu_std", "cycle-to-cycle spread of nu at each write (relative)", "device", _drifts, "nu_std", 0.0),
-    Knob("drift_reset_tol", "a device's drift clock restarts when a write moves it by more than this; "
-         "huge: never (the clock runs from the device's first drift)", "device", _drifts, "reset_tol", 1e-7),
+         "backend.time_per_update)", "device", drift_parameters, "nu", 0.0),
+    Knob("drift_nu_dtod", "device-to-device spread of nu (relative)", "device", drift_parameters, "nu_dtod", 0.0),
+    Knob("drift_nu_std", "spread of nu redrawn at every drift step (relative; aihwkit draws it per drift call, "
+         "not per write)", "device", drift_parameters, "nu_std", 0.0),
+    Knob("drift_t0", "the drift power law's t0 in seconds: a written device holds its conductance for t0, then "
+         "drifts as (t/t0)^-nu", "device", drift_parameters, "t_0", None, minimum=1e-3),
+    Knob("drift_reset_tol", "a device's drift clock restarts when a write moves it by more than this. A change "
+         "below it is not kept: aihwkit sets the device to its drifted value at the next drift step, so a huge "
+         "tolerance undoes every write there (it does not keep old clocks running)", "device", drift_parameters,
+         "reset_tol", 1e-7),
     Knob("refresh_every", "updates between refreshes of one-sided pairs; 0: never", "device", _cells,
          "refresh_every", 0, kind=int),
     Knob("desired_bl", "maximum pulse-train length per update", "device", _update, "desired_bl", None,

@@ -3,6 +3,7 @@ trained chip that evolve on their own, and the modes agreeing where nothing drif
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pandas as pd
@@ -15,8 +16,10 @@ pytest.importorskip("aihwkit")
 from imc_osttp.cli import main  # noqa: E402
 from imc_osttp.config import load_run_config  # noqa: E402
 from imc_osttp.data import load_task  # noqa: E402
-from imc_osttp.deploy import AdaptationConfig, copy_chip, deploy_mode  # noqa: E402
+from imc_osttp.data.batching import batches  # noqa: E402
+from imc_osttp.deploy import MODES, AdaptationConfig, MitigationConfig, copy_chip, deploy_mode  # noqa: E402
 from imc_osttp.pipeline.jobs import STEPS_PER_DECADE  # noqa: E402
+from imc_osttp.rules import compute_update  # noqa: E402
 from imc_osttp.training import train  # noqa: E402
 
 NOISE_FREE = """
@@ -97,10 +100,11 @@ def test_bad_deploy_files_are_one_line(tmp_path, capsys, change, message):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def trained_chip(tmp_path, nu: float):
-    """A noise-free pulsed chip trained for one epoch; its devices drift with exponent `nu`."""
+def trained_chip(tmp_path, nu: float, scaled: bool = False):
+    """A noise-free pulsed chip trained for one epoch; its devices drift with exponent `nu`. `scaled`: weights
+    mapped to the conductance range with a digital output scale (weight_scaling_omega), as pcm_4device does."""
     device = tmp_path / "noise_free.yaml"
-    device.write_text(NOISE_FREE)
+    device.write_text(NOISE_FREE + ("  mapping: {weight_scaling_omega: 1.0}\n" if scaled else ""))
     cfg = load_run_config(extra={"data": DATA, "model": MODEL, "rule": {"name": "osttp"}, "optim": {"lr": 0.01},
                                  "train": {"epochs": 1, "batch_size": 4}, "tracking": {"enabled": False},
                                  "backend": {"kind": "analog", "device_config": str(device),
@@ -117,24 +121,43 @@ def test_without_drift_every_mode_agrees_at_one_second(tmp_path):
     assert len(set(values.values())) == 1, values
 
 
-def test_global_drift_compensation_undoes_a_uniform_power_law(tmp_path):
+@pytest.mark.parametrize("scaled", [False, True], ids=["unscaled", "output_scale"])
+def test_global_drift_compensation_undoes_a_uniform_power_law(tmp_path, scaled):
     """Every device drifts by (t/1 s)^-ν: the frozen chip's metric moves, the compensated one stays at its
-    1 s value, and the compensation factor of every tile is t^ν."""
-    cfg, data, net = trained_chip(tmp_path, nu=0.05)
-    times = [1.0, 3600.0, 31536000.0]
+    1 s value at every time, and after every step the compensation factor of every tile is t^ν. With a
+    digital output scale (one element, which aihwkit overwrites in place) a compensation that kept aihwkit's
+    own scale tensor as its base compounded its factors from the second step on (issue 22: frozen_gdc in
+    results/jsb_deploy.csv rose and fell in log time alike on every seed)."""
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=scaled)
+    times = [1.0, 60.0, 3600.0, 86400.0, 31536000.0]
     frozen = [r["test_nll"] for r in deploy_mode(cfg, net, data, "frozen", times, None)]
     gdc = [r["test_nll"] for r in deploy_mode(cfg, net, data, "frozen_gdc", times, None)]
     assert frozen[0] == pytest.approx(gdc[0], rel=1e-6)
-    assert abs(frozen[2] - frozen[0]) > 0.05
-    assert gdc[2] == pytest.approx(gdc[0], rel=1e-4)
+    assert abs(frozen[-1] - frozen[0]) > 0.05
+    assert gdc == pytest.approx([gdc[0]] * len(times), rel=1e-4)
 
     chip = copy_chip(net)
     chip.backend.start_drift_compensation()
+    now = 0.0
+    for t in times:
+        chip.backend.advance_clock(t - now)
+        now = t
+        factors = chip.backend.compensate_drift()
+        assert set(factors) == {"W1", "W2"}
+        for name, factor in factors.items():
+            assert factor == pytest.approx(t ** 0.05, rel=1e-4), (name, t)
+
+
+def test_per_column_compensation_undoes_a_uniform_power_law_in_every_column(tmp_path):
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    chip = copy_chip(net)
+    chip.backend.start_drift_compensation(per_column=True)
     chip.backend.advance_clock(3600.0)
-    factors = chip.backend.compensate_drift()
-    assert set(factors) == {"W1", "W2"}
-    for name, factor in factors.items():
-        assert factor == pytest.approx(3600.0 ** 0.05, rel=1e-4), name
+    chip.backend.compensate_drift()
+    for name, pulsed in chip.backend.tiles.items():
+        factor = chip.backend._gdc_factor[name]
+        assert factor.numel() == pulsed.tile.out_size
+        assert factor.tolist() == pytest.approx([3600.0 ** 0.05] * factor.numel(), rel=1e-4), name
 
 
 def test_a_copied_chip_drifts_and_learns_on_its_own(tmp_path):
@@ -152,3 +175,62 @@ def test_a_copied_chip_drifts_and_learns_on_its_own(tmp_path):
     twin.backend.advance_clock(50.0)
     assert torch.equal(net.backend.parameters()["W1"].detach(), twin.backend.parameters()["W1"].detach())
     assert not torch.equal(net.backend.parameters()["W1"].detach(), before["W1"])
+
+
+def test_digital_learning_never_writes_the_array(tmp_path):
+    """learning_digital moves only thresholds and biases: no pulse in a deployment, and a write leaves every
+    device as it was while the digital parameters move."""
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    row = deploy_mode(cfg, net, data, "learning_digital", [8 * 3600.0], AdaptationConfig(rate=1.0))[0]
+    assert row["updates"] == 2 and row["writes"] == 2 and row["pulses"] == 0
+    chip = copy_chip(net)
+    mode = copy.deepcopy(MODES["learning_digital"])
+    mode.start(chip.backend, MitigationConfig())
+    devices = {n: t.tile.tile.get_weights().clone() for n, t in chip.backend.tiles.items()}
+    digital = {n: p.detach().clone() for n, p in chip.backend.digital.items()}
+    grads, _ = compute_update(cfg.rule, chip, next(batches(data.train, 4)))
+    assert mode.write(chip.backend, grads, 1.0)
+    for name, tile in chip.backend.tiles.items():
+        assert torch.equal(tile.tile.tile.get_weights(), devices[name]), name
+    assert any(not torch.equal(p.detach(), digital[n]) for n, p in chip.backend.digital.items())
+
+
+def test_error_gate_opens_only_when_the_running_mean_exceeds_the_reference_by_the_margin():
+    """The first `gate_window` updates set the reference and are not written; afterwards an update is written
+    only while the mean of the last `gate_window` NLLs is above reference + margin."""
+    from imc_osttp.deploy_modes import GatedMode
+
+    gate = GatedMode(learns=True, compensated=True, margin=0.1, window=2)
+    decisions = [gate.accept(nll) for nll in (1.0, 1.0, 1.05, 1.3, 1.0, 0.9)]
+    assert gate.reference == 1.0
+    assert decisions == [False, False, False, True, True, False]
+
+
+def test_a_transfer_reprograms_every_device_and_restarts_every_clock(tmp_path):
+    """After a transfer the chip holds the host's weights and all its devices are young again: the fresh
+    compensation's factor an hour later is 3600^ν, whatever the chip's age at the transfer."""
+    from imc_osttp.deploy_modes import TransferMode
+
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    chip = copy_chip(net)
+    chip.backend.advance_clock(86400.0)  # an old chip
+    mode = TransferMode(learns=True, compensated=True)
+    mode.start(chip.backend, MitigationConfig(program_noise="none", read_repeats=1))
+    host = {name: w.clone() for name, w in mode.weights.items()}
+    mode.event(chip.backend)
+    for name, tile in chip.backend.tiles.items():
+        assert torch.allclose(tile.tile.get_weights()[0], host[name], atol=1e-5), name
+    assert mode.programmed > 0 and mode.transfers == 1 and mode.next_event() == 2 * 86400.0
+    chip.backend.advance_clock(1.0)  # the step at which aihwkit notices the writes and restarts the clocks
+    chip.backend.advance_clock(3600.0)
+    for name, factor in chip.backend.compensate_drift().items():
+        assert factor == pytest.approx(3601.0 ** 0.05, rel=1e-3), name
+
+
+def test_a_transfer_due_at_an_evaluation_time_comes_after_it(tmp_path):
+    """learning_transfer is evaluated at the end of its interval: a transfer due at an evaluation time is
+    counted in the next row, not in that one."""
+    cfg, data, net = trained_chip(tmp_path, nu=0.05, scaled=True)
+    rows = deploy_mode(cfg, net, data, "learning_transfer", [7200.0, 7201.0], AdaptationConfig(rate=1.0, lr=1e-9),
+                       mitigation=MitigationConfig(transfer_every=7200.0, program_noise="none", read_repeats=1))
+    assert rows[0]["programmed"] == 0 and rows[1]["programmed"] > 0

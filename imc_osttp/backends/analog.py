@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the analog backend needs aihwkit 1.2.0: run scripts/setup.sh") from exc
 
 from . import pulses
+from .drift import ConductanceDrift
 from .tile import WriterTile, with_writer
 
 
@@ -230,6 +231,13 @@ class PulsedTile:
         return scale * float(getattr(self.tile, "mapping_lr_scale", 1.0))
 
 
+
+def mapping_scales(tile) -> Tensor | None:
+    """A copy of an aihwkit tile's digital output scales (aihwkit hands out its own tensor)."""
+    scales = tile.get_mapping_scales()
+    return None if scales is None else scales.clone()
+
+
 class ProgrammedTile:
     """The fixed feedback matrix: written once with programming noise (and drift), then only read."""
 
@@ -240,9 +248,17 @@ class ProgrammedTile:
         self.tile.set_weights(weight.detach().transpose(0, 1).float().contiguous())
         if isinstance(self.tile, InferenceTileWithPeriphery):
             self.tile.program_weights()
-        if spec.program.drift_time > 0:
-            self.tile.drift_weights(spec.program.drift_time)
+        self.age = spec.program.drift_time  # chip seconds since programming
+        self.follow_clock = spec.program.follow_clock
+        if self.age > 0:
+            self.tile.drift_weights(self.age)
         self.tile.eval()
+
+    def advance_clock(self, seconds: float) -> None:
+        """Age the array by `seconds` of chip time if it follows the clock (its noise model's drift)."""
+        if self.follow_clock and seconds > 0:
+            self.age += seconds
+            self.tile.drift_weights(self.age)
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -250,6 +266,18 @@ class ProgrammedTile:
 
     def weight(self) -> Tensor:
         return self.tile.get_weights()[0].transpose(0, 1)
+
+
+def conductance_drift(tile, spec: DeviceSpec) -> ConductanceDrift | None:
+    """The device config's ν(G) model on one trainable tile, in the units of its devices' conductance range;
+    None where the devices do not drift (knob drift_nu 0: aihwkit then runs no drift clock)."""
+    from ..knobs import drift_parameters, pulsed_devices
+
+    drifts = drift_parameters(spec.rpu_config)
+    if not any(d.nu > 0 for d in drifts):
+        return None
+    g_max = max(d.w_max for d in pulsed_devices(spec.rpu_config))
+    return ConductanceDrift(tile, spec.drift, g_max, drifts[0].reset_tol)
 
 
 def check_optimizer(cfg: OptimConfig) -> None:
@@ -308,6 +336,9 @@ class AnalogBackend:
         self.trainable = list(trainable)
         self.time_per_update = cfg.backend.time_per_update
         self.B = ProgrammedTile(feedback, feedback_spec)
+        # a measured chip's ν(G) (device config `drift`): each tile's ν per device, redrawn at every restart
+        models = {n: conductance_drift(t.tile, spec) for n, t in self.tiles.items()} if spec.drift else {}
+        self.drift_models = {n: m for n, m in models.items() if m is not None}
         self.grad_clip = cfg.optim.grad_clip
         # the optimizer steps the digital parameters; a tile's group holds an empty placeholder
         # (never given a gradient) that carries the tile's scaled, scheduled learning rate
@@ -316,8 +347,8 @@ class AnalogBackend:
             cfg.optim)
         self._views: dict[str, Tensor] = {}
         self._gdc: Any = None  # aihwkit's GlobalDriftCompensation, once started
-        self._gdc_ref: dict[str, float] = {}
-        self._gdc_factor: dict[str, float] = {}
+        self._gdc_ref: dict[str, Tensor] = {}
+        self._gdc_factor: dict[str, Tensor] = {}
         self._gdc_scales: dict[str, Tensor | None] = {}
 
     def mvm(self, name: str, x: Tensor) -> Tensor:
@@ -374,47 +405,56 @@ class AnalogBackend:
         """Let `seconds` of chip time pass: every trainable device drifts by aihwkit's power law
         W = W_w·max(t/t_0, 1)^(−ν), t counted from the device's last write (aihwkit restarts a device's
         clock at the first drift step after a write that changed it by more than drift.reset_tol)."""
-        for tile in self.tiles.values():
+        for name, tile in self.tiles.items():
+            model = self.drift_models.get(name)
+            if model is not None:
+                model.before(tile.tile)
             tile.tile.drift_weights(seconds)
+            if model is not None:
+                model.after(tile.tile)
+        self.B.advance_clock(seconds)
         self.forget_views()
 
     def copy(self) -> AnalogBackend:
         """An independent copy of the trained chip: every trainable tile's devices, drift clocks, carried
-        remainder and pulse counters (`WriterTile` deep-copies its C++ tile whole). The programmed B is
-        read-only: shared."""
+        remainder and pulse counters (`WriterTile` deep-copies its C++ tile whole). The programmed B's aihwkit
+        tile is read-only and shared; where it ages with the clock, each copy keeps its own age and drifts the
+        shared tile to that age when its clock advances."""
         return copy.deepcopy(self, {id(self.B.tile): self.B.tile})
 
     def pulse_total(self) -> float:
         counters = [t.counter for t in self.tiles.values()]
         return math.nan if any(c is None for c in counters) else sum(c.total() for c in counters)
 
-    def start_drift_compensation(self) -> None:
-        """aihwkit's GlobalDriftCompensation per trainable tile: the mean |output| of its one-hot read-out now,
-        right after the last write, is the reference that later read-outs are scaled back to."""
-        from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+    def start_drift_compensation(self, per_column: bool = False) -> None:
+        """aihwkit's GlobalDriftCompensation per trainable tile (or its PerColumnDriftCompensation, one factor
+        per output column): the mean |output| of its one-hot read-out now, right after the last write, is the
+        reference that later read-outs are scaled back to."""
+        from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
 
-        self._gdc = GlobalDriftCompensation()
-        self._gdc_scales = {n: t.tile.get_mapping_scales() for n, t in self.tiles.items()}
-        self._gdc_factor = dict.fromkeys(self.tiles, 1.0)
+        self._gdc = PerColumnDriftCompensation() if per_column else GlobalDriftCompensation()
+        # copies: aihwkit hands out its own scale tensor and set_mapping_scales writes a one-element one in
+        # place, so a kept reference would follow every compensation and compound it at the next (issue 22)
+        self._gdc_scales = {n: mapping_scales(t.tile) for n, t in self.tiles.items()}
+        self._gdc_factor = {n: torch.ones(1) for n in self.tiles}
         self._gdc_ref = {n: self._gdc_readout(n) for n in self.tiles}
 
     def compensate_drift(self) -> dict[str, float]:
         """Each tile's digital output scale times ref/now (the pulse writer divides by the same scale, so
-        learning writes stay calibrated); returns the factors."""
+        learning writes stay calibrated); returns the factors (per column: their mean)."""
         for name, pulsed in self.tiles.items():
-            self._gdc_factor[name] = self._gdc_ref[name] / max(self._gdc_readout(name), 1e-12)
+            self._gdc_factor[name] = self._gdc_ref[name] / self._gdc_readout(name).clamp(min=1e-12)
             base, factor = self._gdc_scales[name], self._gdc_factor[name]
-            # a tensor: aihwkit's set_mapping_scales ignores a float once scales exist
-            pulsed.tile.set_mapping_scales(torch.tensor([factor]) if base is None else base * factor)
+            pulsed.tile.set_mapping_scales(factor.clone() if base is None else base * factor)
         self.forget_views()
-        return dict(self._gdc_factor)
+        return {name: float(factor.mean()) for name, factor in self._gdc_factor.items()}
 
     @torch.no_grad()
-    def _gdc_readout(self, name: str) -> float:
+    def _gdc_readout(self, name: str) -> Tensor:
         """The read-out through the tile with the compensation divided out (the raw conductances)."""
         tile = self.tiles[name].tile
         out = tile.forward(self._gdc.get_readout_tensor(tile.in_size))
-        return float(self._gdc.readout(out)) / self._gdc_factor[name]
+        return self._gdc.readout(out).reshape(-1) / self._gdc_factor[name]
 
     def forget_views(self) -> None:
         """Drop the cached weight views: the tiles changed outside `apply` (drift, output scales)."""

@@ -85,7 +85,7 @@ class DigitalBackend:
     def pulse_total(self) -> float:
         return math.nan
 
-    def start_drift_compensation(self) -> None:
+    def start_drift_compensation(self, per_column: bool = False) -> None:
         """Nothing drifts, so nothing to compensate."""
 
     def compensate_drift(self) -> dict[str, float]:

@@ -6,7 +6,7 @@ A neuron is a few functions of plain arithmetic over one unit, its state and its
   current `cur` = x^t W (+ y^{t-1} H), its spike y^{t-1}, its threshold b and the layer's parameters p
   give the state at t and the spike's argument: y^t = Θ(arg), ψ^t = ψ(arg) (SPEC §1).
 - `jacobian(h, y, psi, b, hd, p, exact) -> (J, c)`: from the state at t-1 (and its ψ), the per-unit
-  Jacobian J[i][j] = dh'_i/dh_j of the step at t, through the spike y^{t-1} as well, and c_i = dh'_i/db
+  Jacobian `J[i][j] = dh'_i/dh_j` of the step at t, through the spike y^{t-1} as well, and c_i = dh'_i/db
   (the threshold's path, SPEC §2). `hd` is the unit's recurrent self-weight H_jj, or None without
   one: the recurrence's diagonal is the one part of y^{t-1} H the per-unit Jacobian can keep (numba
   compiles the None case apart, without its terms).

@@ -18,7 +18,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REFERENCE_STYLES = ["--", ":", "-.", (0, (5, 1))]
-MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3"}  # same in every figure
+MODE_COLORS = {"frozen": "C0", "frozen_gdc": "C1", "learning": "C2", "learning_gdc": "C3", "frozen_pcdc": "C4",
+               "learning_pcdc": "C5", "learning_gated": "C6", "learning_digital": "C8",
+               "learning_transfer": "C9"}  # the same colour in every figure
 
 
 def numeric(values: pd.Series) -> pd.Series | None:

@@ -105,7 +105,7 @@ def deploy_job(job: Job, data: TaskData | None, relay: Relay) -> Outcome:
     for mode in settings.modes:
         learns = MODES[mode].learns
         rows = deploy_mode(job.cfg, result.net, data, mode, settings.times, settings.adaptation if learns else None,
-                           on_time=show)
+                           on_time=show, mitigation=settings.mitigation)
         outcome.rows += rows
         params = {f"deploy.{k}": v for k, v in settings.adaptation.model_dump().items()} if learns else {}
         points = [(round(STEPS_PER_DECADE * math.log10(r["time_s"])),

@@ -31,14 +31,16 @@ from pydantic import Field, model_validator
 
 from ..backends import backend_class
 from ..config import RunConfig, _Strict, build, config_hash, merge, read_yaml, set_dotted
-from ..deploy import DEFAULT_MODES, DEFAULT_TIMES, MODES, AdaptationConfig
+from ..deploy import DEFAULT_MODES, DEFAULT_TIMES, MODES, AdaptationConfig, MitigationConfig
 from ..errors import ConfigError
 from ..named import study_file
 from .axes import KNOB_PREFIX, AblationAxis, Axis, Dimension, SeedAxis, Setting, VariantAxis, realistic_value
 
 JobKind = Literal["train", "deploy"]
-JOB_VERSIONS = {"train": 1, "deploy": 1}  # bump a kind's number when what its stored rows mean changes
-DEPLOY_KEYS = ("times", "modes", "adaptation")
+# bump a kind's number when what its stored rows mean changes; deploy 2: drift compensation no longer compounds
+# its factors (issue 22), rows carry writes and devices programmed
+JOB_VERSIONS = {"train": 1, "deploy": 2}
+DEPLOY_KEYS = ("times", "modes", "adaptation", "mitigation")
 DIGITAL = "digital"
 
 
@@ -48,6 +50,7 @@ class DeploySettings(_Strict):
     times: list[float]
     modes: list[str]
     adaptation: AdaptationConfig | None
+    mitigation: MitigationConfig | None = None  # part of the key only where a file gives it
 
 
 class Spec(_Strict):
@@ -66,6 +69,7 @@ class Spec(_Strict):
     times: list[float] = Field(default_factory=lambda: list(DEFAULT_TIMES), min_length=1)
     modes: list[str] = Field(default_factory=lambda: list(DEFAULT_MODES), min_length=1)
     adaptation: AdaptationConfig | None = None
+    mitigation: MitigationConfig | None = None  # the settings of the mitigating modes (imc_osttp/deploy_modes.py)
 
     @model_validator(mode="after")
     def _consistent(self) -> Spec:
@@ -117,7 +121,8 @@ class Spec(_Strict):
     def deploy_settings(self) -> DeploySettings | None:
         if self.job != "deploy":
             return None
-        return DeploySettings(times=self.times, modes=self.modes, adaptation=self.adaptation)
+        return DeploySettings(times=self.times, modes=self.modes, adaptation=self.adaptation,
+                              mitigation=self.mitigation)
 
     def run_config(self, variant: str, seed: int) -> RunConfig:
         """The config of one variant and seed of a study."""
@@ -173,7 +178,8 @@ def run_key(cfg: RunConfig) -> str:
 def make_job(kind: JobKind, labels: dict[str, str], cfg: RunConfig, settings: DeploySettings | None) -> Job:
     key = run_key(cfg)
     if settings is not None:
-        data = json.dumps({"run": key, "deploy": settings.model_dump(mode="json")}, sort_keys=True)
+        deploy = settings.model_dump(mode="json", exclude={"mitigation"} if settings.mitigation is None else None)
+        data = json.dumps({"run": key, "deploy": deploy}, sort_keys=True)
         key = hashlib.sha1(data.encode()).hexdigest()[:16]
     version = f"{kind}{JOB_VERSIONS[kind]}.{backend_class(cfg).results_version}"
     return Job(kind, labels, cfg, key, version, settings)
