@@ -208,16 +208,17 @@ COMMITTED = [(f, job) for job, names in (
 @pytest.mark.parametrize(("name", "job"), COMMITTED)
 def test_committed_results_are_found_again(name, job):
     """A dry run of every committed study, sweep and deploy trains nothing: each committed row is found by its
-    run key, except jsb_deep_analog's PCM rows, which predate the visible-weight fix (results version
-    train1.analog1, README) and are trained again."""
+    run key, except jsb_deploy_no_restart's, which predate the drift-compensation fix of issue 22 (results
+    version deploy1, docs/chip.md) and are trained again."""
     spec = load_spec(REPO / "studies" / f"{name}.yaml", job=job)
     summary = run_spec(spec, "", dry_run=True)
     todo = sorted((j.title, j.seed) for j in summary.todo)
-    assert todo == ([("pcm_4device", s) for s in (0, 1, 2)] if name == "jsb_deep_analog" else []), todo
+    assert todo == ([("", s) for s in (0, 1, 2)] if name == "jsb_deploy_no_restart" else []), todo
 
 
 @pytest.mark.parametrize(("name", "job", "legacy"), [
-    ("jsb_rules", "train", "study"), ("jsb_deploy", "deploy", "5d963c564a67cb06"), ("pcm_ablation", "train", "sweep")])
+    ("jsb_rules", "train", "study"), ("jsb_deploy_no_restart", "deploy", "cb486bd23b13bc0d"),
+    ("pcm_ablation", "train", "sweep")])
 def test_tables_written_before_results_versions_are_migrated_once(tmp_path, name, job, legacy):
     """The committed tables as they were written before (no results_version; a deploy file's hash; a sweep's
     record in MLflow, exported to `<name>_runs.csv`): the migration re-keys them, finds every run, and writes

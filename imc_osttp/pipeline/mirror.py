@@ -146,6 +146,12 @@ class Mirror:
         with the error."""
         for index in list(self.open):
             self.open.pop(index).end("FAILED" if status == "FAILED" and error else "KILLED", error)
+        if status != "FINISHED":
+            # a run whose creation the interrupt cut short is in MLflow but not yet in `open`
+            for run in search(self.mlf, self.experiment, f"attributes.status = 'RUNNING' and "
+                                                         f"tags.{TAG_SPEC} = '{self.spec.name}'"):
+                if self.parent is None or run.data.tags.get("mlflow.parentRunId") == self.parent:
+                    self.mlf.set_terminated(run.info.run_id, "KILLED")
         if self.parent:
             if error:
                 self.mlf.set_tag(self.parent, "error", error[:5000])

@@ -184,7 +184,8 @@ def legacy_keys(job: Job, spec: Spec) -> list[str]:
     train.threads), a deploy file's hash. A study's hash is the run key itself."""
     keys = [config_hash(job.cfg, {"tracking": True, "name": True, "seed": True, "train": {"engine"}})]
     if job.deploy is not None:
-        keys.append(config_hash(_LegacyDeploy(base=spec.base, **job.deploy.model_dump()), {}))
+        # a deploy file before run keys had no mitigation section: its hash never covered one
+        keys.append(config_hash(_LegacyDeploy(base=spec.base, **job.deploy.model_dump(exclude={"mitigation"})), {}))
     return keys
 
 
