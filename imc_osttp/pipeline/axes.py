@@ -17,7 +17,7 @@ config itself gives a knob (after the base's knobs), or the axis'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -65,7 +65,19 @@ class GridAxis(_Strict):
         return [Setting(str(v), {KNOB_PREFIX + knob: v}) for v in values]
 
 
-class AblationAxis(_Strict):
+class _NamedAxis(_Strict):
+    """An axis of fixed kind whose label is its `name` field (declared by each axis, where its fields put it),
+    or the kind's default label."""
+
+    DEFAULT_LABEL: ClassVar[str]
+    is_knob: ClassVar[bool] = False  # whether its settings are knobs (they then vary device configs)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.DEFAULT_LABEL
+
+
+class AblationAxis(_NamedAxis):
     """One non-ideality at a time: all ideal but one (`ablation`), or all realistic but one (mirror)."""
 
     kind: Literal["ablation", "ablation_mirror"]
@@ -86,13 +98,8 @@ class AblationAxis(_Strict):
                 raise ValueError(f"realistic.{name}: {self.realistic[name]} is its ideal value")
         return self
 
-    @property
-    def label(self) -> str:
-        return self.name or "ablation"
-
-    @property
-    def is_knob(self) -> bool:
-        return True
+    DEFAULT_LABEL: ClassVar[str] = "ablation"
+    is_knob: ClassVar[bool] = True
 
     def settings(self, base: RunConfig) -> list[Setting]:
         names = self.knobs if self.knobs is not None else default_ablation_knobs(base)
@@ -109,7 +116,7 @@ class AblationAxis(_Strict):
         return [Setting("realistic", {}, real), *out] if self.baseline else out
 
 
-class RuleAxis(_Strict):
+class RuleAxis(_NamedAxis):
     """Learning rules, each with optional overrides of its own (decay, learning rate...)."""
 
     kind: Literal["rule"]
@@ -121,32 +128,20 @@ class RuleAxis(_Strict):
     def _names(cls, values: Any) -> Any:
         return {v: {} for v in values} if isinstance(values, list) else values
 
-    @property
-    def label(self) -> str:
-        return self.name or "rule"
-
-    @property
-    def is_knob(self) -> bool:
-        return False
+    DEFAULT_LABEL: ClassVar[str] = "rule"
 
     def settings(self, base: RunConfig) -> list[Setting]:
         return [Setting(rule, {"rule.name": rule, **flatten(extra)}) for rule, extra in self.values.items()]
 
 
-class VariantAxis(_Strict):
+class VariantAxis(_NamedAxis):
     """Named sets of overrides (dotted keys or sections): a study's `variants` are one such axis."""
 
     kind: Literal["variants"]
     values: dict[str, dict[str, Any]] = Field(min_length=1)
     name: str | None = None
 
-    @property
-    def label(self) -> str:
-        return self.name or "variant"
-
-    @property
-    def is_knob(self) -> bool:
-        return False
+    DEFAULT_LABEL: ClassVar[str] = "variant"
 
     def settings(self, base: RunConfig) -> list[Setting]:
         return [Setting(name, dict(overrides or {})) for name, overrides in self.values.items()]
