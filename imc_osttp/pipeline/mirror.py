@@ -3,9 +3,9 @@ logged live as the driver hears them; a sweep's runs nest under one parent run; 
 per mode. Only the driver writes here.
 
 Every job run is tagged with its run key (`config_hash`, `seed`, `results_version`) and `spec_name`, so a
-later driver can square MLflow with the record before it trains (`reconcile`): a run left RUNNING whose job
-is recorded becomes FINISHED, any other run of a current key that is not the recorded one becomes KILLED.
-A job has at most one FINISHED run, the one its record row names.
+later driver can square MLflow with the record before it trains (`reconcile`): a run left RUNNING (or
+KILLED) whose job is recorded becomes FINISHED, any other run of a current key that is not the recorded one
+becomes KILLED. A job has at most one FINISHED run, the one its record row names.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Mirror:
     def reconcile(self, jobs: list[Job], recorded: dict[tuple[str, str, str], str]) -> None:
         """Square MLflow with the record (`Record.run_ids`) before training: see the module's docstring."""
         current = {(j.key, str(j.seed), j.version) for j in jobs}
-        for status in ("RUNNING", "FINISHED"):
+        for status in ("RUNNING", "FINISHED", "KILLED"):
             for run in search(self.mlf, self.experiment, f"attributes.status = '{status}' and "
                                                          f"tags.{TAG_SPEC} = '{self.spec.name}'"):
                 tags = run.data.tags
@@ -86,9 +86,9 @@ class Mirror:
                 if key not in current:
                     continue
                 ours = key in recorded and recorded[key] in (run.info.run_id, tags.get("trained_run_id"))
-                if ours and status == "RUNNING":
+                if ours and status != "FINISHED":  # its driver stopped between recording it and marking it
                     self.mlf.set_terminated(run.info.run_id, "FINISHED")
-                elif not ours:
+                elif not ours and status != "KILLED":
                     self.mlf.set_tag(run.info.run_id, "error", "not in the record: its driver stopped before "
                                      "recording it, or its row was removed")
                     self.mlf.set_terminated(run.info.run_id, "KILLED")

@@ -11,7 +11,9 @@ in MLflow (with its error) and the others go on; a rerun trains it again.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -70,6 +72,27 @@ def _mark_holder(fd: int) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then let them take their usual way out. An MLflow write
+    cut short inside SQLAlchemy leaves its sqlite transaction open, and this process's next write (marking
+    the runs KILLED) fails with "database is locked"; a job recorded but not yet marked FINISHED would be
+    marked KILLED. Signals are handled in the main thread only: elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def run_spec(spec: Spec, verb: str, workers: int | None = None, executor: Executor = "local",
              address: str | None = None, progress: bool = True, dry_run: bool = False) -> Summary:
     """Train the spec's jobs that the record lacks with `workers` processes (or Ray tasks); returns the counts.
@@ -102,10 +125,11 @@ def _train(spec: Spec, todo: list[Job], record: Record, mirror: Mirror | None, w
     def on_event(index: int, event: str, payload: Any) -> None:
         if mirror is None or index in ended:
             return
-        if event == "start":
-            mirror.start(index, todo[index])
-        elif event == "epoch":
-            mirror.epoch(index, todo[index], *payload)
+        with uninterrupted():
+            if event == "start":
+                mirror.start(index, todo[index])
+            elif event == "epoch":
+                mirror.epoch(index, todo[index], *payload)
 
     try:
         # closing: an error or Ctrl-C here stops the workers at once instead of when garbage-collected
@@ -113,31 +137,35 @@ def _train(spec: Spec, todo: list[Job], record: Record, mirror: Mirror | None, w
             for index, outcome in results:
                 job = todo[index]
                 ended.add(index)
-                if outcome.error is not None:
-                    failed += 1
-                    if mirror is not None:
-                        mirror.fail(index, job, outcome)
-                    print(f"{spec.name}: {job.title or job.kind} seed {job.seed} failed: "
-                          f"{outcome.error.splitlines()[0]}", file=sys.stderr)
-                else:
-                    run_id = mirror.finish(index, job, outcome) if mirror is not None else ""
-                    record.add(job, record_rows(job, outcome, run_id), outcome.history)
-                    if mirror is not None:
-                        mirror.succeed(index)
-                    finished += 1
+                with uninterrupted():  # a job is recorded and its run FINISHED, or neither
+                    if outcome.error is not None:
+                        failed += 1
+                        if mirror is not None:
+                            mirror.fail(index, job, outcome)
+                        print(f"{spec.name}: {job.title or job.kind} seed {job.seed} failed: "
+                              f"{outcome.error.splitlines()[0]}", file=sys.stderr)
+                    else:
+                        run_id = mirror.finish(index, job, outcome) if mirror is not None else ""
+                        record.add(job, record_rows(job, outcome, run_id), outcome.history)
+                        if mirror is not None:
+                            mirror.succeed(index)
+                        finished += 1
                 bar.update(1)
                 bar.set_postfix(failed=failed, last=f"{job.title} seed {job.seed}".strip())
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI raises it as one)
         if mirror is not None:
-            mirror.close("KILLED")
+            with uninterrupted():
+                mirror.close("KILLED")
         raise
     except BaseException as exc:
         if mirror is not None:
-            mirror.close("FAILED", f"{type(exc).__name__}: {exc}")
+            with uninterrupted():
+                mirror.close("FAILED", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         bar.close()
     if mirror is not None:
-        mirror.close("FAILED" if failed else "FINISHED",
-                     f"{failed} of {len(todo)} runs failed; see their error tags" if failed else None)
+        with uninterrupted():
+            mirror.close("FAILED" if failed else "FINISHED",
+                         f"{failed} of {len(todo)} runs failed; see their error tags" if failed else None)
     return finished, failed
